@@ -1,6 +1,5 @@
 """The data section of an experiment config."""
 
-from __future__ import annotations
 
 import dataclasses
 

@@ -58,14 +58,14 @@ def validate(cfg: DataConfig) -> None:
   Raises ValueError / FileNotFoundError (ImportError for a missing optional package) naming the
   bad value and what would be valid.
   """
-  _check(cfg)
+  checked_corpus(cfg)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
   """Opens `cfg`'s train/val streams: a prepared directory for source "tokens"; otherwise the
   corpus is tokenized once into `cfg.cache_dir`, keyed by source, files (sizes, mtimes),
   tokenizer and val_fraction, and memory-mapped from there."""
-  corpus = _check(cfg)
+  corpus = checked_corpus(cfg)
   if corpus is None:
     train, val, meta = shards.open_shards(cfg.path)
     return Splits(train, val, _prepared_tokenizer(cfg, meta), meta, cfg.path)
@@ -77,7 +77,7 @@ def load_splits(cfg: DataConfig) -> Splits:
   return Splits(train, val, tokenizer, meta, directory)
 
 
-def _check(cfg: DataConfig) -> Corpus | None:
+def checked_corpus(cfg: DataConfig) -> Corpus | None:
   """Validates `cfg`; returns its corpus listing (None for prepared "tokens")."""
   if cfg.source not in SOURCES:
     raise ValueError(f"Unknown data source {cfg.source!r}; valid sources are {list(SOURCES)} "
