@@ -24,6 +24,11 @@ from sbitnet.data.optional import check_available, require
 _STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
                           "__pycache__", "encodings", "pydoc_data"})
 _EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet"}
+_PATH_KINDS = {
+    "text": "a directory (every non-hidden file under it is a document) or a glob",
+    "jsonl": "a .jsonl file, a glob, or a directory of .jsonl files",
+    "parquet": "a .parquet file, a glob, or a directory of .parquet files",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +90,6 @@ def iter_documents(corpus: Corpus, *, text_field: str,
     for index, text in read(path, text_field):
       if text:
         yield split_fraction(f"{rel}:{index}") < val_fraction, text
-
-
-_PATH_KINDS = {
-    "text": "a directory (every non-hidden file under it is a document) or a glob",
-    "jsonl": "a .jsonl file, a glob, or a directory of .jsonl files",
-    "parquet": "a .parquet file, a glob, or a directory of .parquet files",
-}
 
 
 def _stdlib_corpus(pattern: str) -> Corpus:

@@ -121,3 +121,21 @@ def test_pipeline_errors(text_splits):
     data.train_dataset(text_splits, seq_len=10**6, global_batch_size=8, seed=0)
   with pytest.raises(ValueError, match="fewer than one batch"):
     data.eval_batches(text_splits, seq_len=SEQ, batch_size=10**6, max_batches=None)
+
+
+def test_orbax_checkpoint_manager_round_trip(text_splits, tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  make = lambda: iter(data.train_dataset(text_splits, seq_len=SEQ, global_batch_size=BATCH,
+                                         seed=5).to_iter_dataset())
+  it = make()
+  for _ in range(3):
+    next(it)
+  manager = ocp.CheckpointManager(tmp_path, item_handlers={
+      "data": grain.checkpoint.CheckpointHandler()})
+  manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  expected = [next(it) for _ in range(2)]
+  restored = manager.restore(3, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointRestore(make())))["data"]
+  assert all(_equal(next(restored), want) for want in expected)
+  manager.close()
