@@ -1,0 +1,113 @@
+"""`ternary_matmul`: activations × packed ternary weight, with a dispatcher over implementations."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sbitnet.kernels.ternary_matmul import config as config_lib
+from sbitnet.kernels.ternary_matmul import pallas_triton, reference
+from sbitnet.kernels.ternary_matmul.pack import TILE_K, PackedTernary, check_packed
+from sbitnet.ops import absmax_int8
+
+IMPLEMENTATIONS = ("xla", "pallas")
+PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
+# Large M (> DECODE_MAX_M) on GPU: the faster of the two as measured in docs/kernels.md.
+LARGE_M_IMPLEMENTATION = "xla"
+
+
+def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) -> None:
+  check_packed(p)
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} is not valid; choose one of "
+                     f"{IMPLEMENTATIONS} or None (pick by backend and shape).")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"x must be a floating-point array [..., in] (bfloat16 for the kernels), got "
+                     f"{x.dtype} {tuple(x.shape)}; use quantize_x=True for int8 activations.")
+  if x.ndim < 1 or x.shape[-1] != p.in_features:
+    raise ValueError(f"x has shape {tuple(x.shape)} but the packed weight is {p.shape} "
+                     f"([in, out]); x's last axis must be {p.in_features}.")
+
+
+def _pick(m: int, x_dtype, quantize_x: bool) -> str:
+  if jax.default_backend() != "gpu":
+    return "xla"
+  if not quantize_x and x_dtype not in PALLAS_FLOAT_DTYPES:
+    return "xla"
+  return "pallas" if m <= config_lib.DECODE_MAX_M else LARGE_M_IMPLEMENTATION
+
+
+def _pad_to(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
+  if a.shape[axis] == size:
+    return a
+  pads = [(0, 0)] * a.ndim
+  pads[axis] = (0, size - a.shape[axis])
+  return jnp.pad(a, pads, constant_values=value)
+
+
+def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
+            config: pallas_triton.Config | None, out_init: jax.Array | None) -> jax.Array:
+  m, n = x.shape[0], p.codes.shape[1]
+  kp = p.codes.shape[0] * 4
+  n16 = -(-n // 16) * 16
+  codes = _pad_to(p.codes, 1, n16, 0x55)
+  col_scale = _pad_to(p.scale, 0, n16)
+  c = config or config_lib.choose(m, n16, kp, x.dtype == jnp.int8)
+  if n16 % c.block_n or (kp // TILE_K) % c.split_k or c.block_m % 16:
+    raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
+                     f"to 16 ({n16}), split_k={c.split_k} the {kp // TILE_K} K tiles, and "
+                     f"block_m={c.block_m} must be a multiple of 16.")
+  mp = -(-m // c.block_m) * c.block_m
+  x = _pad_to(_pad_to(x, 1, kp), 0, mp)
+  row_scale = _pad_to(row_scale, 0, mp)
+  part_dtype = out_dtype if c.split_k == 1 else jnp.float32
+  parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c, out_dtype=part_dtype,
+                               interpret=jax.default_backend() != "gpu", out_init=out_init)
+  return parts.sum(0, dtype=jnp.float32)[:m, :n] if c.split_k > 1 else parts[0, :m, :n]
+
+
+def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
+                   implementation: str | None = None,
+                   config: pallas_triton.Config | None = None,
+                   out_init: jax.Array | None = None) -> jax.Array:
+  """`y = x @ (t * gamma)` for a packed ternary weight `p` (logical `[K, N]`).
+
+  Args:
+    x: float `[..., K]` (bfloat16 or float16 for the Pallas kernels).
+    p: the packed weight, from `pack` or `sparse_quantize_pack`.
+    quantize_x: first quantize `x` per token to int8 (`sbitnet.ops.absmax_int8`, as BitLinear
+      does), then `y = (x_q @ t) * s_x * gamma` with exact int32 accumulation.
+    implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
+      off GPU), or None: XLA off GPU; on GPU the decode kernel for M <= 64 and the measured
+      faster implementation above.
+    config: Pallas tile override (tuning and tests); None picks by shape.
+    out_init: Pallas only (tests): a `[split_k, Mp, Np]` buffer the kernel writes into, so that
+      tiles left unwritten keep its (poison) values.
+
+  Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(None, ax),
+  scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
+
+  Returns:
+    `[..., N]` in the dtype of `x`, accumulated in float32 (int32 with `quantize_x`).
+  """
+  _check_inputs(x, p, implementation)
+  lead = x.shape[:-1]
+  m = math.prod(lead)
+  x2 = x.reshape(m, x.shape[-1])
+  impl = implementation or _pick(m, x.dtype, quantize_x)
+  if impl == "pallas" and not quantize_x and x.dtype not in PALLAS_FLOAT_DTYPES:
+    raise ValueError(f"the Pallas kernels take bfloat16/float16 activations (or quantize_x=True), "
+                     f"got {x.dtype}; cast x or use implementation='xla'.")
+  if quantize_x:
+    xq, x_scale = absmax_int8(x2)
+    if impl == "xla":
+      y = reference.matmul_int8(xq, x_scale, p.codes, p.scale)
+    else:
+      y = _pallas(xq, x_scale[:, 0], p, x.dtype, config, out_init)
+  elif impl == "xla":
+    y = reference.matmul_float(x2, p.codes, p.scale)
+  else:
+    y = _pallas(x2, jnp.ones((m,), jnp.float32), p, x.dtype, config, out_init)
+  return y.astype(x.dtype).reshape(*lead, p.codes.shape[1])

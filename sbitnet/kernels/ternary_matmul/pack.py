@@ -1,0 +1,127 @@
+"""The packed 2-bit ternary weight format (version 1), independent of any kernel.
+
+Layout. A ternary weight `t` int8 `[K, N]` (Flax `[in, out]`, values in {-1, 0, 1}) is stored as
+codes `c = t + 1` in {0, 1, 2}, four per byte, in `codes` uint8 `[Kp / 4, N]` where
+`Kp = ceil(K / TILE_K) * TILE_K` (padding rows hold code 1, i.e. weight 0). Rows of `t` go in
+tiles of `TILE_K = 4 * PLANE_ROWS` rows; inside tile `i`, byte row `i * PLANE_ROWS + j` holds the
+codes of rows `i * TILE_K + q * PLANE_ROWS + j` at bits `2q .. 2q + 1`, for planes q = 0..3. So a
+kernel that loads `PLANE_ROWS` byte rows gets plane q as `(bytes >> 2q) & 3`: four contiguous
+`[PLANE_ROWS, N]` blocks of weights, no shuffles.
+
+Scales. `scale` float32 `[N]` holds gamma per output column (gamma repeated over each fused
+sub-matrix of `split`), so shards along the output axis carry their own scales. Cost: 2 bits per
+weight plus 32 / K bits (2.008 bits/weight at K = 4096).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sbitnet.ops import scale_per_column
+from sbitnet.ops.validation import check_split
+
+FORMAT_VERSION = 1
+PLANE_ROWS = 32
+TILE_K = 4 * PLANE_ROWS
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedTernary:
+  """A packed ternary weight: a pytree with array leaves `codes`, `scale` and static metadata.
+
+  codes: uint8 `[Kp / 4, N]` (see the module docstring for the bit layout).
+  scale: float32 `[N]`, gamma per output column.
+  in_features: K, the logical number of rows (Kp - K padding rows are zero weights).
+  split: sizes of fused sub-matrices along N (one gamma each), or None for one gamma.
+  version: the format version; kernels refuse any other than `FORMAT_VERSION`.
+  """
+  codes: jax.Array
+  scale: jax.Array
+  in_features: int = dataclasses.field(metadata=dict(static=True))
+  split: tuple[int, ...] | None = dataclasses.field(default=None, metadata=dict(static=True))
+  version: int = dataclasses.field(default=FORMAT_VERSION, metadata=dict(static=True))
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    """The logical `[K, N]` shape of the ternary weight."""
+    return (self.in_features, self.codes.shape[-1])
+
+
+def padded_rows(k: int) -> int:
+  return -(-k // TILE_K) * TILE_K
+
+
+def check_packed(p: PackedTernary) -> None:
+  """Raises a ValueError naming what is wrong with `p` (version, dtypes, shapes)."""
+  if not isinstance(p, PackedTernary):
+    raise ValueError(f"expected a PackedTernary, got {type(p).__name__}; build one with pack().")
+  if p.version != FORMAT_VERSION:
+    raise ValueError(f"PackedTernary format version {p.version} is not supported by this build "
+                     f"(it reads version {FORMAT_VERSION}); re-pack the weight with pack().")
+  if p.codes.dtype != jnp.uint8 or p.codes.ndim != 2:
+    raise ValueError(f"PackedTernary.codes must be uint8 [Kp/4, N], got {p.codes.dtype} "
+                     f"{tuple(p.codes.shape)}.")
+  if p.codes.shape[0] % PLANE_ROWS:
+    raise ValueError(f"PackedTernary.codes has {p.codes.shape[0]} rows; version {p.version} needs "
+                     f"a multiple of {PLANE_ROWS} (whole tiles of {TILE_K} weights).")
+  if p.scale.dtype != jnp.float32 or p.scale.shape != (p.codes.shape[1],):
+    raise ValueError(f"PackedTernary.scale must be float32 [{p.codes.shape[1]}], got "
+                     f"{p.scale.dtype} {tuple(p.scale.shape)}.")
+
+
+def pack(t: jax.Array, gamma: jax.Array, split: Sequence[int] | None = None) -> PackedTernary:
+  """Packs ternary codes and their scale(s).
+
+  Args:
+    t: int8 `[K, N]` with values in {-1, 0, 1} (any N:M pattern; values are not checked).
+    gamma: float `()` or `[len(split)]`, as returned by `sbitnet.ops.absmean_ternary`.
+    split: sizes of fused sub-matrices along N, one gamma each.
+
+  Returns:
+    A `PackedTernary` with `unpack(pack(t, gamma, split)) == (t, gamma)` bit for bit.
+  """
+  if t.ndim != 2 or t.dtype != jnp.int8:
+    raise ValueError(f"pack expects t int8 [in, out], got {t.dtype} {tuple(t.shape)}.")
+  split = check_split(split, t.shape)
+  want = () if split is None else (len(split),)
+  if jnp.shape(gamma) != want:
+    raise ValueError(f"gamma must have shape {want} for split={split}, got {jnp.shape(gamma)}.")
+  k, n = t.shape
+  kp = padded_rows(k)
+  codes = (t + 1).astype(jnp.uint8)
+  codes = jnp.pad(codes, ((0, kp - k), (0, 0)), constant_values=1)
+  planes = codes.reshape(kp // TILE_K, 4, PLANE_ROWS, n)
+  packed = sum(planes[:, q] << (2 * q) for q in range(4)).astype(jnp.uint8)
+  scale = jnp.broadcast_to(scale_per_column(jnp.asarray(gamma, jnp.float32), split), (n,))
+  return PackedTernary(packed.reshape(kp // 4, n), scale, in_features=k, split=split)
+
+
+def unpack_codes(codes: jax.Array) -> jax.Array:
+  """uint8 `[Kp / 4, N]` → int8 `[Kp, N]` ternary weights (padding rows included)."""
+  rows, n = codes.shape
+  tiles = codes.reshape(rows // PLANE_ROWS, 1, PLANE_ROWS, n)
+  shifts = (2 * jnp.arange(4, dtype=jnp.uint8)).reshape(1, 4, 1, 1)
+  planes = (tiles >> shifts) & 3
+  return (planes.astype(jnp.int8) - 1).reshape(rows * 4, n)
+
+
+def unpack(p: PackedTernary) -> tuple[jax.Array, jax.Array]:
+  """Inverse of `pack`: returns `(t int8 [K, N], gamma float32 () or [len(split)])`."""
+  check_packed(p)
+  t = unpack_codes(p.codes)[:p.in_features]
+  if p.split is None:
+    return t, p.scale[0]
+  starts = np.cumsum((0,) + p.split[:-1])
+  return t, p.scale[starts]
+
+
+def bits_per_weight(p: PackedTernary) -> float:
+  """Storage of `p` (codes and scales) in bits per logical weight."""
+  k, n = p.shape
+  return 8.0 * (p.codes.size * p.codes.dtype.itemsize + p.scale.size * 4) / (k * n)

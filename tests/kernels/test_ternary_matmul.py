@@ -1,0 +1,123 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from sbitnet.kernels import pack, ternary_matmul
+from sbitnet.kernels.ternary_matmul import pallas_triton
+from sbitnet.kernels.ternary_matmul.pallas_triton import Config
+from sbitnet.ops import absmax_int8
+from tests.kernels.base import PATTERNS, activations, rel_err, ternary
+
+# (M, K, N): decode and large-M configs; K and N off the tile sizes (K tile 128, N tile 16..128).
+SHAPES = [(1, 128, 128), (5, 200, 48), (16, 384, 256), (40, 256, 100), (70, 128, 64)]
+
+
+def _oracle(x, t, gamma, quantize_x):
+  """float64 NumPy: x @ t * gamma, with x first quantized per token when quantize_x."""
+  x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+  if quantize_x:
+    q, s = absmax_int8(jnp.asarray(x, jnp.float32))
+    x = np.asarray(q, np.float64) * np.asarray(s, np.float64)
+  return x @ np.asarray(t, np.float64) * float(gamma)
+
+
+def _case(seed, m, k, n, pattern):
+  kx, kw = jax.random.split(jax.random.key(seed))
+  t = ternary(kw, k, n, pattern)
+  gamma = jnp.float32(0.037)
+  return activations(kx, (m, k)), t, gamma, pack(t, gamma)
+
+
+@pytest.mark.parametrize("quantize_x", [False, True], ids=["bf16", "int8"])
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: f"{p[0]}:{p[1]}")
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_pallas_matches_xla_and_oracle(m, k, n, pattern, quantize_x):
+  if pattern[1] and k % pattern[1]:
+    pytest.skip("m does not divide k")
+  x, t, gamma, p = _case(m * k + n, m, k, n, pattern)
+  ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
+  out = ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas")
+  assert out.shape == (m, n) and out.dtype == x.dtype
+  assert np.isfinite(np.asarray(out, np.float32)).all()
+  oracle = _oracle(x, t, gamma, quantize_x)
+  assert rel_err(ref, oracle) < 1e-2  # the bf16 output rounding
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                             rtol=1e-2, atol=1e-2 * np.abs(oracle).max())
+
+
+@pytest.mark.parametrize("quantize_x", [False, True], ids=["bf16", "int8"])
+@pytest.mark.parametrize("config", [Config(block_m=16, block_n=32, split_k=3),
+                                    Config(block_m=32, block_n=32, split_k=1),
+                                    Config(block_m=64, block_n=16, split_k=6)], ids=str)
+def test_every_tile_is_written_into_a_poisoned_output(config, quantize_x):
+  m, k, n = 20, 768, 96
+  x, _, _, p = _case(3, m, k, n, (6, 8))
+  ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
+  mp = -(-m // config.block_m) * config.block_m
+  dtype = jnp.float32 if config.split_k > 1 else x.dtype
+  poison = jnp.full((config.split_k, mp, n), jnp.nan, dtype)
+  out = ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas", config=config,
+                       out_init=poison)
+  assert np.isfinite(np.asarray(out, np.float32)).all()
+  assert rel_err(out, ref) < 1e-2
+
+
+def test_poison_catches_unwritten_tiles():
+  m, k, n = 16, 256, 96
+  x, _, _, p = _case(4, m, k, n, (2, 4))
+  # block_n = 64 does not divide n = 96: the grid covers 64 columns and leaves 32 unwritten.
+  out = pallas_triton.matmul(x, p.codes, jnp.ones(m), p.scale, config=Config(block_n=64),
+                             out_dtype=jnp.float32, interpret=True,
+                             out_init=jnp.full((1, m, n), jnp.nan, jnp.float32))
+  assert np.isfinite(out[..., :64]).all() and np.isnan(out[..., 64:]).all()
+  with pytest.raises(ValueError, match="block_n=64"):
+    ternary_matmul(x, p, implementation="pallas", config=Config(block_n=64))
+  with pytest.raises(ValueError, match="split_k=3"):
+    ternary_matmul(x, p, implementation="pallas", config=Config(block_n=32, split_k=3))
+
+
+def test_leading_dims_split_gammas_and_float16():
+  x = activations(jax.random.key(5), (2, 3, 256), jnp.float16)
+  t = ternary(jax.random.key(6), 256, 48, (6, 8))
+  p = pack(t, jnp.array([0.5, 2.0], jnp.float32), split=(16, 32))
+  out = ternary_matmul(x, p, implementation="pallas")
+  assert out.shape == (2, 3, 48) and out.dtype == jnp.float16
+  ref = np.asarray(x, np.float64) @ np.asarray(t, np.float64) * np.repeat([0.5, 2.0], [16, 32])
+  assert rel_err(out, ref) < 2e-3
+
+
+def test_works_under_jit_and_shard_map():
+  mesh = Mesh(np.array(jax.devices()[:8]), ("tensor",))
+  x, _, _, p = _case(7, 4, 256, 8 * 16, (6, 8))
+  spec = dataclasses.replace(p, codes=P(None, "tensor"), scale=P("tensor"))
+  f = jax.jit(jax.shard_map(lambda x, p: ternary_matmul(x, p, implementation="pallas"),
+                            mesh=mesh, in_specs=(P(), spec), out_specs=P(None, "tensor"),
+                            check_vma=False))
+  ref = ternary_matmul(x, p, implementation="xla")
+  np.testing.assert_allclose(np.asarray(f(x, p), np.float32), np.asarray(ref, np.float32),
+                             rtol=1e-2, atol=1e-2)
+
+
+def test_dispatcher_uses_xla_on_cpu():
+  x, _, _, p = _case(8, 3, 128, 32, (2, 4))
+  np.testing.assert_array_equal(ternary_matmul(x, p), ternary_matmul(x, p, implementation="xla"))
+
+
+def test_errors_name_the_problem():
+  x, _, _, p = _case(9, 2, 128, 16, (2, 4))
+  with pytest.raises(ValueError, match="last axis must be 128"):
+    ternary_matmul(x[:, :64], p)
+  with pytest.raises(ValueError, match="floating-point"):
+    ternary_matmul(x.astype(jnp.int8), p)
+  with pytest.raises(ValueError, match="bfloat16/float16"):
+    ternary_matmul(x.astype(jnp.float32), p, implementation="pallas")
+  with pytest.raises(ValueError, match="implementation='triton'"):
+    ternary_matmul(x, p, implementation="triton")
+  with pytest.raises(ValueError, match="version 2"):
+    ternary_matmul(x, dataclasses.replace(p, version=2))
+  with pytest.raises(ValueError, match="scale"):
+    ternary_matmul(x, dataclasses.replace(p, scale=p.scale.astype(jnp.bfloat16)))
