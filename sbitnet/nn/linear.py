@@ -49,22 +49,29 @@ class SparseBitLinear(nnx.Module):
                            eager_sharding=False) if use_bias else None)
 
   def effective_weight(self) -> jax.Array:
-    """`W_eff` `[in, out]` in the kernel's dtype, with the layer's straight-through gradient."""
-    return apply_weight_spec(self.kernel[...], self.spec)
+    """`W_eff` shaped like the kernel (`[in, out]`, or `[layers, in, out]` when stacked by
+    `nnx.vmap`) in the kernel's dtype, with the layer's straight-through gradient."""
+    return _per_matrix(lambda w: apply_weight_spec(w, self.spec), self.kernel[...])
 
   def mask(self) -> jax.Array | None:
-    """The current N:M keep-mask of the latent kernel (no gradient), or None when dense."""
+    """The current N:M keep-mask of the latent kernel (no gradient), or None when dense.
+
+    Shaped like the kernel: `[in, out]`, or `[layers, in, out]` for layers stacked by `nnx.vmap`.
+    """
     if not self.spec.sparse:
       return None
-    source = jax.lax.stop_gradient(self.kernel[...])
+    return _per_matrix(self._mask_of, jax.lax.stop_gradient(self.kernel[...]))
+
+  def _mask_of(self, kernel: jax.Array) -> jax.Array:
     if self.spec.mask_from == "quantized":
-      source = absmean_ternary(source, self.spec.split)[0]
-    return nm_mask(source, self.spec.n, self.spec.m, 0)
+      kernel = absmean_ternary(kernel, self.spec.split)[0]
+    return nm_mask(kernel, self.spec.n, self.spec.m, 0)
 
   def with_sparsity(self, n: int | None, m: int | None) -> None:
     """Switches the layer's N:M pattern in place (dense-to-sparse training)."""
-    self.spec = dataclasses.replace(self.spec, n=n, m=m)
-    self.spec.check_weight(self.kernel[...])
+    spec = dataclasses.replace(self.spec, n=n, m=m)
+    spec.check_weight(jax.ShapeDtypeStruct((self.in_features, self.out_features), jnp.float32))
+    self.spec = spec
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`)."""
@@ -75,3 +82,10 @@ class SparseBitLinear(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
+
+
+def _per_matrix(fn, kernel: jax.Array) -> jax.Array:
+  """Applies `fn` to each trailing `[in, out]` matrix of `kernel`."""
+  for _ in range(kernel.ndim - 2):
+    fn = jax.vmap(fn)
+  return fn(kernel)

@@ -1,0 +1,100 @@
+"""Checkpoints through one orbax CheckpointManager: async save, keep-last-N, resume, params-only init.
+
+Items per step: `params` and `opt_state` (sharded arrays), `loop` (JSON: the step and the grain
+iterator state) and `meta` (JSON: the resolved model shapes, checked on every restore).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from sbitnet.train.state import TrainState
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint written for a different model than the one being restored into."""
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def checkpoint_dir(path: str) -> str:
+  """A run's workdir or its checkpoints folder -> the checkpoints folder."""
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
+class Checkpointer:
+  """`Checkpointer(workdir)`: saves under `workdir/checkpoints/<step>/`."""
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           enable_async_checkpointing=async_save,
+                                           read_only=read_only)
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                         item_names=("params", "opt_state", "loop", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, state: TrainState, data_state: dict, meta: dict) -> None:
+    step = int(state.step)
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        loop=ocp.args.JsonSave({"step": step, "data_iterator": data_state}),
+        meta=ocp.args.JsonSave(meta)))
+
+  def read_meta(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def check_compatible(self, meta: dict, step: int | None = None) -> None:
+    """Raises CheckpointMismatch naming the differing model fields."""
+    saved = self.read_meta(step).get("model", {})
+    wanted = meta["model"]
+    diffs = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if diffs:
+      listing = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
+      raise CheckpointMismatch(
+          f"The checkpoint in {self.manager.directory} was written by a different model ({listing})."
+          " Use a matching config, or a fresh --workdir.")
+
+  def restore(self, state: TrainState, shardings: TrainState, step: int | None = None
+              ) -> tuple[TrainState, dict]:
+    """Restores the full state onto `shardings` (any mesh) and the data iterator state."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(state.params, shardings.params)),
+        opt_state=ocp.args.StandardRestore(_abstract(state.opt_state, shardings.opt_state)),
+        loop=ocp.args.JsonRestore()))
+    step = jax.device_put(jnp.asarray(out["loop"]["step"], jnp.int32), shardings.step)
+    return TrainState(step, out["params"], out["opt_state"]), out["loop"]["data_iterator"]
+
+  def restore_params(self, params: Any, shardings: Any, step: int | None = None) -> Any:
+    """Parameters only (dense-to-sparse continuation, evaluation, export)."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(params, shardings))))
+    return out["params"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def model_meta(model_cfg) -> dict:
+  """What a checkpoint must agree on to be restored: the resolved model shapes."""
+  fields = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
+            "tie_embeddings", "qkv_bias")
+  return {"model": {k: getattr(model_cfg, k) for k in fields}}

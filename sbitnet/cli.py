@@ -1,0 +1,38 @@
+"""Shared absl plumbing for the entry points: the config flag and clean one-paragraph errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sbitnet.checkpoint import CheckpointMismatch
+from sbitnet.config import ConfigError, check_override_paths
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+USER_ERRORS = (ConfigError, CheckpointMismatch, ValueError, FileNotFoundError, ImportError)
+
+
+def define_config_flag() -> flags.FlagHolder:
+  return config_flags.DEFINE_config_file(
+      "config", DEFAULT_CONFIG,
+      "Experiment config file `path/to/file.py[:arg]` defining get_config(arg); fields are "
+      "overridden with --config.<field>=<value>. Default: the embedded tiny 6:8 Sparse BitNet.",
+      lock_config=False)
+
+
+def fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def run_main(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)`, with unknown `--config.` fields reported before absl parses them."""
+  try:
+    check_override_paths(sys.argv[1:])
+  except ConfigError as e:
+    fail(str(e))
+  app.run(main)

@@ -1,0 +1,116 @@
+"""Decoder-only LM (Qwen2.5 / LLaMA style): embeddings, scanned pre-norm blocks, final norm, head.
+
+Every attention and MLP projection is a `SparseBitLinear`; embeddings and the LM head stay full
+precision. Blocks are created with `nnx.vmap` and applied with `nnx.scan`, so parameters carry a
+leading `layers` axis and compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sbitnet.nn import DecoderBlock, RMSNorm, SparseBitLinear, rope_tables
+
+if TYPE_CHECKING:
+  from sbitnet.config import Config, ModelConfig
+
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def linear_factory(cfg: Config, model: ModelConfig, sparse: bool = True):
+  """A `SparseBitLinear` constructor carrying the config's arm, pattern and ablations."""
+  sp = cfg.sparsity
+  pattern = (sp.n, sp.m) if sparse and sp.m else (None, None)
+  return functools.partial(
+      SparseBitLinear, n=pattern[0], m=pattern[1], quant=cfg.quant.weights, grad=sp.grad,
+      mask_from=sp.mask_from, order=sp.order, sr_ste=sp.sr_ste,
+      act_bits=cfg.quant.activations or None, dtype=jnp.dtype(model.dtype))
+
+
+class DecoderLM(nnx.Module):
+
+  def __init__(self, cfg: Config, model: ModelConfig, *, rngs: nnx.Rngs, sparse: bool = True):
+    """`model` is the resolved ModelConfig; `sparse=False` builds it dense (dense-to-sparse)."""
+    self.model_cfg = model
+    self.dtype = jnp.dtype(model.dtype)
+    head_dim = model.d_model // model.n_heads
+    self.head_dim = head_dim
+    self.embedding = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (model.vocab_size, model.d_model)),
+        out_sharding=("vocab", "embed"), eager_sharding=False)
+    linear = linear_factory(cfg, model, sparse)
+
+    @nnx.split_rngs(splits=model.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs: nnx.Rngs) -> DecoderBlock:
+      return DecoderBlock(model.d_model, model.n_heads, model.n_kv_heads, head_dim, model.d_ff,
+                          linear=linear, qkv_bias=model.qkv_bias, norm_eps=model.norm_eps,
+                          rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = RMSNorm(model.d_model, eps=model.norm_eps)
+    self.lm_head = None if model.tie_embeddings else nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (model.d_model, model.vocab_size)),
+        out_sharding=("embed", "vocab"), eager_sharding=False)
+
+  def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    """tokens int32 `[B, T]` -> final-normed hidden states `[B, T, d_model]` in the compute dtype."""
+    if positions is None:
+      positions = jnp.arange(tokens.shape[1])[None]
+    cos, sin = rope_tables(positions, self.head_dim, self.model_cfg.rope_theta)
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+    def apply_block(x, block):
+      return block(x, cos, sin)
+
+    if self.model_cfg.remat != "none":
+      apply_block = nnx.remat(apply_block, policy=REMAT_POLICIES[self.model_cfg.remat])
+    x = nnx.scan(apply_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
+    return self.final_norm(x)
+
+  def head_weight(self) -> jax.Array:
+    """The LM head `[d_model, vocab]` (the embedding table transposed when tied), float32."""
+    return self.embedding[...].T if self.lm_head is None else self.lm_head[...]
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """Logits `[B, T, vocab]` in float32. For training use `sbitnet.train.loss`, which never
+    materialises all of them at once."""
+    h = self.hidden_states(tokens)
+    return jnp.einsum("btd,dv->btv", h, self.head_weight().astype(h.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def sparse_layers(self) -> dict[str, SparseBitLinear]:
+    """Every SparseBitLinear, by its path in the module tree."""
+    return {"/".join(map(str, path)): module for path, module in nnx.iter_modules(self)
+            if isinstance(module, SparseBitLinear)}
+
+  def set_sparsity(self, n: int | None, m: int | None) -> None:
+    for layer in self.sparse_layers().values():
+      layer.with_sparsity(n, m)
+
+
+def parameter_counts(model: ModelConfig) -> dict[str, int]:
+  """Parameters: linear (the SparseBitLinear kernels), embedding, head (0 when tied), total."""
+  head_dim = model.d_model // model.n_heads
+  q, kv = model.n_heads * head_dim, model.n_kv_heads * head_dim
+  per_layer = model.d_model * (q + 2 * kv) + q * model.d_model + 3 * model.d_model * model.d_ff
+  linear = model.n_layers * per_layer
+  embedding = model.vocab_size * model.d_model
+  head = 0 if model.tie_embeddings else embedding
+  norms = (2 * model.n_layers + 1) * model.d_model
+  bias = model.n_layers * (q + 2 * kv) if model.qkv_bias else 0
+  return {"linear": linear, "embedding": embedding, "head": head,
+          "total": linear + embedding + head + norms + bias}
+
+
+def train_flops_per_token(model: ModelConfig, seq_len: int) -> float:
+  """6·(linear + head matmul params) + 12·layers·seq_len·(n_heads·head_dim): forward + backward,
+  attention counted without the causal halving (the PaLM convention)."""
+  head_dim = model.d_model // model.n_heads
+  matmul_params = parameter_counts(model)["linear"] + model.d_model * model.vocab_size
+  return 6.0 * matmul_params + 12.0 * model.n_layers * seq_len * model.n_heads * head_dim

@@ -1,0 +1,41 @@
+"""Causal grouped-query self-attention with a fused q/k/v SparseBitLinear (one gamma each)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sbitnet.nn.linear import SparseBitLinear
+from sbitnet.nn.rope import apply_rope
+
+
+class Attention(nnx.Module):
+  """`o_proj(softmax(q kᵀ / sqrt(d_head) + causal) v)` with RoPE on q, k and GQA.
+
+  `linear(in, out, *, split=..., kernel_axes=..., rngs=...)` builds each projection.
+  """
+
+  def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
+               linear: Callable[..., SparseBitLinear], qkv_bias: bool, rngs: nnx.Rngs):
+    if n_heads % n_kv_heads:
+      raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}.")
+    self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+    q, kv = n_heads * head_dim, n_kv_heads * head_dim
+    self.qkv = linear(d_model, q + 2 * kv, split=(q, kv, kv), use_bias=qkv_bias,
+                      kernel_axes=("embed", "heads"), rngs=rngs)
+    self.o = linear(q, d_model, kernel_axes=("heads", "embed"), rngs=rngs)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x `[B, T, d_model]`, cos/sin `[B or 1, T, head_dim]` -> `[B, T, d_model]`."""
+    b, t, _ = x.shape
+    q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+    qkv = self.qkv(x)
+    queries = qkv[..., :q].reshape(b, t, self.n_heads, self.head_dim)
+    keys = qkv[..., q:q + kv].reshape(b, t, self.n_kv_heads, self.head_dim)
+    values = qkv[..., q + kv:].reshape(b, t, self.n_kv_heads, self.head_dim)
+    queries, keys = apply_rope(queries, cos, sin), apply_rope(keys, cos, sin)
+    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True)
+    return self.o(out.reshape(b, t, q))

@@ -1,0 +1,30 @@
+"""Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+from flax import nnx
+
+from sbitnet.nn.attention import Attention
+from sbitnet.nn.linear import SparseBitLinear
+from sbitnet.nn.mlp import SwiGLU
+from sbitnet.nn.norm import RMSNorm
+
+
+class DecoderBlock(nnx.Module):
+
+  def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, d_ff: int, *,
+               linear: Callable[..., SparseBitLinear], qkv_bias: bool, norm_eps: float,
+               rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(d_model, eps=norm_eps)
+    self.attn = Attention(d_model, n_heads, n_kv_heads, head_dim, linear=linear,
+                          qkv_bias=qkv_bias, rngs=rngs)
+    self.mlp_norm = RMSNorm(d_model, eps=norm_eps)
+    self.mlp = SwiGLU(d_model, d_ff, linear=linear, rngs=rngs)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x `[B, T, d_model]` -> same shape and dtype."""
+    x = x + self.attn(self.attn_norm(x), cos, sin)
+    return x + self.mlp(self.mlp_norm(x))

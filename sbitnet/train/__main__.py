@@ -1,0 +1,48 @@
+"""python -m sbitnet.train [--config=experiments/<name>.py[:arg]] [--config.<field>=...] [--workdir=DIR]
+
+Trains (or resumes) one run. With no flags: the embedded tiny 6:8 Sparse BitNet on the Python
+standard library's source code, in `runs/<config name>`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+
+from sbitnet.cli import USER_ERRORS, define_config_flag, fail, run_main
+from sbitnet.plot import plot_run
+
+_CONFIG = define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<config name>).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; use --flag=value.")
+  from sbitnet.train.run import prepare, train_run  # after flag parsing: imports JAX
+  logging.set_verbosity(logging.INFO)
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
+  print(f"sbitnet: run {cfg.name!r} in {os.path.abspath(workdir)}", flush=True)
+  try:
+    run = prepare(cfg, workdir)
+  except USER_ERRORS as e:
+    fail(str(e))
+  summary = train_run(run)
+  png = plot_run(workdir)
+  print(f"\nDone at step {summary['step']}: validation PPL {summary['val_ppl']:.3f} "
+        f"(unigram baseline {summary['unigram_ppl']:.2f}).\n"
+        f"  metrics:     {os.path.abspath(summary['metrics'])}\n"
+        f"  plots:       {os.path.abspath(png)}\n"
+        f"  checkpoints: {summary['checkpoints']}\n"
+        f"  evaluate:    python -m sbitnet.eval --workdir={workdir}\n"
+        f"  sample:      python -m sbitnet.sample --workdir={workdir} --prompt='def '", flush=True)
+
+
+def run() -> None:
+  run_main(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,221 @@
+"""The host training loop: set-up with every check before any work, then train, evaluate,
+log, checkpoint and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from sbitnet import data as data_lib
+from sbitnet.checkpoint import Checkpointer, CheckpointMismatch, checkpoint_dir, model_meta
+from sbitnet.config import Config, ConfigError, ModelConfig, resolved_model, to_json, validate
+from sbitnet.metrics import MetricsWriter, peak_flops
+from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
+from sbitnet.sharding import batch_sharding, make_mesh
+from sbitnet.train import schedules
+from sbitnet.train.optimizer import make_optimizer
+from sbitnet.train.progress import Progress
+from sbitnet.train.state import TrainState, create_train_state
+from sbitnet.train.step import flip_rate, make_eval_step, make_stats_step, make_train_step
+
+
+class NonFiniteLoss(RuntimeError):
+  """Training produced a NaN/inf loss; the last good checkpoint was left untouched."""
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything `prepare` checked and built; `train_run` consumes it."""
+  cfg: Config
+  model_cfg: ModelConfig
+  workdir: str
+  splits: Any
+  mesh: Any
+
+
+def prepare(cfg: Config, workdir: str) -> Run:
+  """Validates the config, data, mesh and workdir (nothing is written, nothing trained).
+
+  Raises ConfigError / ValueError / FileNotFoundError / CheckpointMismatch with one-paragraph
+  messages naming the bad value.
+  """
+  validate(cfg, resolved_model(cfg.model, 0))
+  data_lib.validate(cfg.data)
+  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if (cfg.train.batch_size // cfg.train.grad_accum) % batch_shards:
+    raise ConfigError(f"train.batch_size={cfg.train.batch_size} / train.grad_accum="
+                      f"{cfg.train.grad_accum} must be divisible by the {batch_shards} data x fsdp "
+                      f"shards of the mesh {dict(mesh.shape)}.")
+  if cfg.train.batch_size % jax.process_count():
+    raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the "
+                      f"{jax.process_count()} processes.")
+  splits = data_lib.load_splits(cfg.data)
+  model_cfg = resolved_model(cfg.model, splits.vocab_size)
+  validate(cfg, model_cfg)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt_dir):
+    existing = Checkpointer(ckpt_dir, read_only=True)
+    if existing.latest_step() is not None:
+      existing.check_compatible(model_meta(model_cfg))
+  if cfg.train.init_from:
+    source = Checkpointer(checkpoint_dir(cfg.train.init_from), read_only=True)
+    if source.latest_step() is None:
+      raise ConfigError(f"train.init_from={cfg.train.init_from!r} holds no checkpoint.")
+    source.check_compatible(model_meta(model_cfg))
+  return Run(cfg, model_cfg, workdir, splits, mesh)
+
+
+def _global(tree: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in tree.items()}
+
+
+def _sparse_pattern(cfg: Config) -> tuple[int | None, int | None]:
+  return (cfg.sparsity.n, cfg.sparsity.m) if cfg.sparsity.m else (None, None)
+
+
+def train_run(run: Run) -> dict[str, Any]:
+  """Trains to `cfg.train.steps`, resuming from the workdir; returns a summary dict."""
+  cfg, model_cfg, tr = run.cfg, run.model_cfg, run.cfg.train
+  os.makedirs(run.workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(run.workdir, "config.json"), "w") as f:
+      f.write(to_json(cfg, model_cfg))
+
+  optimizer = make_optimizer(tr)
+  make_model = lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed))
+  graphdef, state, shardings = create_train_state(make_model, optimizer, run.mesh)
+  dense_graphdef = nnx.split(nnx.eval_shape(
+      lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed), sparse=False)), nnx.Param)[0]
+  switch_step = round(cfg.sparsity.start_fraction * tr.steps) if cfg.sparsity.m else 0
+
+  checkpointer = Checkpointer(os.path.join(run.workdir, "checkpoints"), keep=tr.keep_checkpoints)
+  meta = model_meta(model_cfg)
+  data_state = None
+  if checkpointer.latest_step() is not None:
+    state, data_state = checkpointer.restore(state, shardings)
+    logging.info("Resumed from %s at step %d.", checkpointer.manager.directory, int(state.step))
+  elif tr.init_from:
+    source = Checkpointer(checkpoint_dir(tr.init_from), read_only=True)
+    state = state.replace(params=source.restore_params(state.params, shardings.params))
+    logging.info("Initialised parameters from %s (step %d).", tr.init_from, source.latest_step())
+
+  counts = parameter_counts(model_cfg)
+  flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_len)
+  logging.info("Model %s: %s parameters (%s in SparseBitLinear layers), %.3g training FLOPs/token; "
+               "arm quant=%s sparsity=%s; data %s.", model_cfg.preset, f"{counts['total']:,}",
+               f"{counts['linear']:,}", flops_per_token, cfg.quant.weights,
+               f"{cfg.sparsity.n}:{cfg.sparsity.m}" if cfg.sparsity.m else "dense",
+               run.splits.describe())
+
+  batch_shard = batch_sharding(run.mesh)
+  lr_schedule = schedules.learning_rate(tr)
+
+  def jit_step(gd):
+    step = make_train_step(gd, optimizer, lr_schedule, tr.grad_accum, tr.loss_chunk)
+    return jax.jit(step, in_shardings=(shardings, batch_shard), out_shardings=(shardings, None),
+                   donate_argnums=0)
+
+  sparse_step, dense_step = jit_step(graphdef), (jit_step(dense_graphdef) if switch_step else None)
+  eval_step = jax.jit(make_eval_step(graphdef, tr.loss_chunk))
+  stats_step = jax.jit(make_stats_step(graphdef))
+  dense_stats_step = jax.jit(make_stats_step(dense_graphdef)) if switch_step else None
+  mask_sizes = {name: layer.kernel.size for name, layer in
+                nnx.merge(graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                 state.params)).sparse_layers().items()}
+
+  dataset = data_lib.train_dataset(run.splits, seq_len=cfg.data.seq_len,
+                                   global_batch_size=tr.batch_size, seed=tr.seed,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  iterator = iter(dataset.to_iter_dataset())
+  if data_state is not None:
+    iterator.set_state(data_state)
+  val_batches = [_global(b, batch_shard) for b in data_lib.eval_batches(
+      run.splits, seq_len=cfg.data.seq_len, batch_size=tr.batch_size, max_batches=tr.eval_batches,
+      process_index=jax.process_index(), process_count=jax.process_count())]
+
+  def evaluate(params) -> dict[str, float]:
+    total = count = 0.0
+    for batch in val_batches:
+      s, c = eval_step(params, batch)
+      total, count = total + float(s), count + float(c)
+    loss = total / count
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 80.0))}
+
+  writer = MetricsWriter(run.workdir, tensorboard=tr.tensorboard)
+  peak = peak_flops(jax.devices()[0])
+  tokens_per_step = tr.batch_size * cfg.data.seq_len
+  start = int(state.step)
+  pending_losses: list[jax.Array] = []
+  prev_masks = None
+  last_eval: dict[str, float] = {}
+  progress = Progress(tr.steps, start)
+  timer_step, timer = start, time.perf_counter()
+
+  def check_finite(step: int) -> None:
+    losses = np.asarray(jnp.stack(pending_losses)) if pending_losses else np.zeros(0)
+    pending_losses.clear()
+    if not np.isfinite(losses).all():
+      latest = checkpointer.latest_step()
+      checkpointer.wait()
+      raise NonFiniteLoss(
+          f"The training loss became non-finite ({losses[~np.isfinite(losses)][0]}) at or before "
+          f"step {step}. Stopped without saving; the last good checkpoint "
+          f"({'step %d' % latest if latest is not None else 'none'}) in {run.workdir} is intact. "
+          "Try a lower train.lr, a longer warm-up, or train.grad_clip.")
+
+  try:
+    for step in range(start, tr.steps):
+      dense_phase = step < switch_step
+      batch = _global(next(iterator), batch_shard)
+      state, metrics = (dense_step if dense_phase else sparse_step)(state, batch)
+      pending_losses.append(metrics["loss"])
+      done = step + 1
+      if done % tr.log_every == 0 or done == tr.steps:
+        check_finite(done)
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - timer
+        tokens_per_s = (done - timer_step) * tokens_per_step / elapsed
+        timer_step, timer = done, time.perf_counter()
+        record = {**metrics, "tokens_per_s": tokens_per_s, "sparse": not dense_phase}
+        if peak:
+          record["mfu"] = tokens_per_s * flops_per_token / (peak * jax.device_count())
+        writer.write(done, record)
+        progress.update(done, metrics["loss"], last_eval.get("val_ppl"))
+      else:
+        progress.update(done)
+      if done % tr.stats_every == 0 or done == tr.steps:
+        masks, stats = (dense_stats_step if dense_phase else stats_step)(state.params)
+        if masks and prev_masks is not None and masks.keys() == prev_masks.keys():
+          stats["flip_rate"] = flip_rate(prev_masks, masks, mask_sizes)
+        prev_masks = masks or None
+        writer.write(done, stats)
+      if done % tr.eval_every == 0 or done == tr.steps:
+        last_eval = evaluate(state.params)
+        writer.write(done, last_eval)
+        logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
+                     last_eval["val_ppl"])
+      if done % tr.checkpoint_every == 0 or done == tr.steps:
+        check_finite(done)
+        checkpointer.save(state, iterator.get_state(), meta)
+  finally:
+    progress.close()
+    checkpointer.wait()
+    writer.close()
+
+  if not last_eval:
+    last_eval = evaluate(state.params)
+  return {"step": int(state.step), **last_eval, "unigram_ppl": run.splits.unigram_ppl_val,
+          "workdir": run.workdir, "metrics": writer.path,
+          "checkpoints": str(checkpointer.manager.directory)}
