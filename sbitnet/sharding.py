@@ -59,11 +59,12 @@ def logical_to_mesh(spec: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
-  """NamedShardings for an (abstract) nnx.State, from each Variable's logical `out_sharding`."""
+  """The state with each Variable's value replaced by its NamedSharding, from the Variable's
+  logical `out_sharding` names (same tree structure as the state)."""
 
   def one(variable):
     names = variable.get_metadata().get("out_sharding")
-    return NamedSharding(mesh, logical_to_mesh(names, variable.shape, mesh))
+    return variable.replace(NamedSharding(mesh, logical_to_mesh(names, variable.shape, mesh)))
 
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

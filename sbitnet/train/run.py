@@ -4,8 +4,6 @@ log, checkpoint and resume."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import time
 from typing import Any
@@ -26,7 +24,8 @@ from sbitnet.train import schedules
 from sbitnet.train.optimizer import make_optimizer
 from sbitnet.train.progress import Progress
 from sbitnet.train.state import TrainState, create_train_state
-from sbitnet.train.step import flip_rate, make_eval_step, make_stats_step, make_train_step
+from sbitnet.train.step import (evaluate, flip_rate, make_eval_step, make_stats_step,
+                                make_train_step)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,7 +75,7 @@ def prepare(cfg: Config, workdir: str) -> Run:
   return Run(cfg, model_cfg, workdir, splits, mesh)
 
 
-def _global(tree: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+def global_batch(tree: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in tree.items()}
 
 
@@ -141,17 +140,9 @@ def train_run(run: Run) -> dict[str, Any]:
   iterator = iter(dataset.to_iter_dataset())
   if data_state is not None:
     iterator.set_state(data_state)
-  val_batches = [_global(b, batch_shard) for b in data_lib.eval_batches(
+  val_batches = [global_batch(b, batch_shard) for b in data_lib.eval_batches(
       run.splits, seq_len=cfg.data.seq_len, batch_size=tr.batch_size, max_batches=tr.eval_batches,
       process_index=jax.process_index(), process_count=jax.process_count())]
-
-  def evaluate(params) -> dict[str, float]:
-    total = count = 0.0
-    for batch in val_batches:
-      s, c = eval_step(params, batch)
-      total, count = total + float(s), count + float(c)
-    loss = total / count
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 80.0))}
 
   writer = MetricsWriter(run.workdir, tensorboard=tr.tensorboard)
   peak = peak_flops(jax.devices()[0])
@@ -178,7 +169,7 @@ def train_run(run: Run) -> dict[str, Any]:
   try:
     for step in range(start, tr.steps):
       dense_phase = step < switch_step
-      batch = _global(next(iterator), batch_shard)
+      batch = global_batch(next(iterator), batch_shard)
       state, metrics = (dense_step if dense_phase else sparse_step)(state, batch)
       pending_losses.append(metrics["loss"])
       done = step + 1
@@ -202,7 +193,7 @@ def train_run(run: Run) -> dict[str, Any]:
         prev_masks = masks or None
         writer.write(done, stats)
       if done % tr.eval_every == 0 or done == tr.steps:
-        last_eval = evaluate(state.params)
+        last_eval = evaluate(eval_step, state.params, val_batches)
         writer.write(done, last_eval)
         logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
                      last_eval["val_ppl"])
@@ -215,7 +206,7 @@ def train_run(run: Run) -> dict[str, Any]:
     writer.close()
 
   if not last_eval:
-    last_eval = evaluate(state.params)
+    last_eval = evaluate(eval_step, state.params, val_batches)
   return {"step": int(state.step), **last_eval, "unigram_ppl": run.splits.unigram_ppl_val,
           "workdir": run.workdir, "metrics": writer.path,
           "checkpoints": str(checkpointer.manager.directory)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -58,6 +59,16 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 def make_eval_step(graphdef: nnx.GraphDef, chunk: int) -> Callable:
   """`eval_step(params, batch) -> (summed loss, token count)`."""
   return lambda params, batch: batch_loss(graphdef, params, batch, chunk)
+
+
+def evaluate(eval_step: Callable, params, batches: list[Batch]) -> dict[str, float]:
+  """Token-weighted mean loss over `batches`: {"val_loss", "val_ppl" = exp(val_loss)}."""
+  total = count = 0.0
+  for batch in batches:
+    s, c = eval_step(params, batch)
+    total, count = total + float(s), count + float(c)
+  loss = total / count
+  return {"val_loss": loss, "val_ppl": math.exp(min(loss, 80.0))}
 
 
 def make_stats_step(graphdef: nnx.GraphDef) -> Callable:
