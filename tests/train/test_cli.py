@@ -1,0 +1,87 @@
+"""The training, eval and sample entry points as a user runs them, and their bad-input errors."""
+
+import json
+import os
+
+import pytest
+
+from tests.train.helpers import cli_flags, run_cli
+
+ARMS = {"dense_bf16": ("none", 0, 0), "sparse_bf16": ("none", 6, 8),
+        "dense_bitnet": ("ternary", 0, 0), "sparse_bitnet": ("ternary", 6, 8)}
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_pulse_each_arm(arm, tmp_path):
+  weights, n, m = ARMS[arm]
+  workdir = tmp_path / arm
+  result = run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(
+      str(tmp_path / "cache"), **{"quant.weights": weights, "sparsity.n": n, "sparsity.m": m}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "validation PPL" in result.stdout and "curves.png" in result.stdout
+  records = read_metrics(workdir)
+  losses = [r["loss"] for r in records if "loss" in r]
+  assert len(losses) == 2 and all(l > 0 for l in losses)
+  assert any("val_ppl" in r for r in records)
+  zero = [r["zero_fraction"] for r in records if "zero_fraction" in r][-1]
+  if n:
+    assert zero >= 1 - n / m
+    assert any("flip_rate" in r for r in records)
+  elif weights == "none":
+    assert zero < 0.01
+  saved = json.load(open(workdir / "config.json"))
+  assert saved["config"]["sparsity"]["n"] == n and "sbitnet_version" in saved
+  assert (workdir / "curves.png").stat().st_size > 0
+  if arm == "sparse_bitnet":
+    evaluated = run_cli("sbitnet.eval", f"--workdir={workdir}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "step 4: val_loss" in evaluated.stdout
+    sampled = run_cli("sbitnet.sample", f"--workdir={workdir}", "--max_new_tokens=8",
+                      "--prompt=import ")
+    assert sampled.returncode == 0 and sampled.stdout.startswith("import "), sampled.stderr[-3000:]
+
+
+def test_dense_to_sparse_switches_half_way(tmp_path):
+  workdir = tmp_path / "d2s"
+  result = run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(
+      str(tmp_path / "cache"), **{"sparsity.start_fraction": 0.5}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = read_metrics(workdir)
+  assert [r["sparse"] for r in records if "sparse" in r] == [False, True]
+  zeros = [r["zero_fraction"] for r in records if "zero_fraction" in r]
+  assert zeros[0] < 0.25 <= zeros[-1]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.sparsity.q=3"], "Unknown config field 'sparsity.q'"),
+    (["--config.sparsity.n=5", "--config.sparsity.m=7"], "does not divide the model"),
+    (["--config.sparsity.n=9", "--config.sparsity.m=8"], "need 1 <= n < m"),
+    (["--config.data.source=text", "--config.data.path=/nonexistent/corpus"], "/nonexistent/corpus"),
+    (["--config.quant.weights=int2"], "quant.weights='int2' is not valid"),
+    (["--config.data.seq_len=4096"], "exceeds model.max_positions"),
+    (["--config.train.batch_size=6", "--config.train.grad_accum=4"], "not divisible"),
+])
+def test_bad_input_is_one_clear_error(flags, message, tmp_path):
+  workdir = tmp_path / "run"
+  result = run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(str(tmp_path / "c")), *flags)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+def test_incompatible_checkpoint_is_refused_and_workdir_untouched(tmp_path):
+  workdir = tmp_path / "run"
+  cache = str(tmp_path / "cache")
+  assert run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(cache)).returncode == 0
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  result = run_cli("sbitnet.train", f"--workdir={workdir}",
+                   *cli_flags(cache, **{"model.d_model": 128, "train.steps": 8}))
+  assert result.returncode != 0
+  assert "different model" in result.stderr and "d_model: checkpoint 64 vs config 128" in result.stderr
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before

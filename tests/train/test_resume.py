@@ -1,0 +1,55 @@
+"""Resume is exact, params-only init works, and a non-finite loss stops without harming checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sbitnet.checkpoint import Checkpointer
+from sbitnet.train.run import NonFiniteLoss, prepare, train_run
+from tests.train.helpers import replace, tiny_config
+
+
+def losses(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def train(cfg, workdir, stop_at=None):
+  return train_run(prepare(cfg, str(workdir)), stop_at)
+
+
+def test_resume_is_bit_exact(tmp_path):
+  cfg = tiny_config(str(tmp_path / "cache"), **{"train.steps": 8, "train.log_every": 1,
+                                                "train.checkpoint_every": 4})
+  train(cfg, tmp_path / "straight")
+  train(cfg, tmp_path / "resumed", stop_at=4)
+  train(cfg, tmp_path / "resumed")
+  straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+  assert len(straight) == len(resumed) == 8
+  assert straight == resumed
+
+
+def test_params_only_init_from_another_run(tmp_path):
+  cache = str(tmp_path / "cache")
+  dense = replace(tiny_config(cache), "sparsity", n=0, m=0)
+  train(dense, tmp_path / "dense")
+  sparse = replace(tiny_config(cache), "train", init_from=str(tmp_path / "dense"), steps=2)
+  summary = train(sparse, tmp_path / "sparse")
+  assert summary["step"] == 2
+  start = losses(tmp_path / "sparse")[0]
+  fresh = losses(tmp_path / "dense")[0]
+  assert start < fresh  # starts from trained weights, not from scratch
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  cfg = tiny_config(str(tmp_path / "cache"), **{"train.checkpoint_every": 2})
+  workdir = tmp_path / "run"
+  train(cfg, workdir, stop_at=2)
+  bad = replace(cfg, "train", lr=3e38, warmup_steps=0)
+  with pytest.raises(NonFiniteLoss, match="last good checkpoint \\(step 2\\)"):
+    train(bad, workdir)
+  checkpointer = Checkpointer(str(workdir / "checkpoints"), read_only=True)
+  assert checkpointer.latest_step() == 2
+  summary = train(cfg, workdir)
+  assert summary["step"] == 4 and np.isfinite(summary["val_loss"])
