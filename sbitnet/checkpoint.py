@@ -53,6 +53,14 @@ class Checkpointer:
         loop=ocp.args.JsonSave({"step": step, "data_iterator": data_state}),
         meta=ocp.args.JsonSave(meta)))
 
+  def save_params(self, step: int, params: Any, meta: dict) -> None:
+    """Parameters alone, for a model made outside training (`python -m sbitnet.convert`): read by
+    `restore_params` (evaluation, `train.init_from`), not by `restore` (no optimizer state)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        loop=ocp.args.JsonSave({"step": step, "data_iterator": None}),
+        meta=ocp.args.JsonSave(meta)))
+
   def read_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
