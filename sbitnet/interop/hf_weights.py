@@ -55,14 +55,22 @@ def _hf_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def check_hf_tensors(model: ModelConfig, names: set[str],
                      shape_of: Callable[[str], tuple[int, ...]], where: str) -> None:
-  """Raises UnsupportedCheckpoint naming the first missing tensor or wrong shape (reads no data)."""
-  for name, shape in _hf_shapes(model).items():
+  """Raises UnsupportedCheckpoint naming the first missing tensor, wrong shape or tensor sbitnet
+  would have to drop (reads no data). RoPE caches and a tied model's copy of its head are allowed."""
+  expected = _hf_shapes(model)
+  for name, shape in expected.items():
     if name not in names:
       raise UnsupportedCheckpoint(f"Tensor {name!r} is missing from {where}; a checkpoint of this "
                                   f"config.json needs it (shape {list(shape)}).")
     if tuple(shape_of(name)) != shape:
       raise UnsupportedCheckpoint(f"Tensor {name!r} in {where} has shape {list(shape_of(name))}, "
                                   f"but config.json implies {list(shape)}.")
+  unexpected = sorted(n for n in names - set(expected) if not n.endswith("rotary_emb.inv_freq")
+                      and not (n == "lm_head.weight" and model.tie_embeddings))
+  if unexpected:
+    raise UnsupportedCheckpoint(f"Tensor {unexpected[0]!r} in {where} (one of {len(unexpected)} "
+                                "unexpected tensors) has no place in the sbitnet model of this "
+                                "config.json; converting would drop it.")
 
 
 def params_from_hf(model: ModelConfig, get: Callable[[str], np.ndarray]) -> PureParams:

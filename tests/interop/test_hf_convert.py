@@ -167,6 +167,15 @@ def test_mismatched_shape_is_named(tmp_path):
     import_hf(directory, str(tmp_path / "run"), tokenizer="byte")
 
 
+def test_unexpected_tensor_is_named(tmp_path):
+  config = hf_reference.hf_config("LlamaForCausalLM")
+  tensors = hf_reference.random_tensors(config)
+  tensors["model.layers.0.self_attn.o_proj.bias"] = tensors["model.norm.weight"]
+  directory = _write(tmp_path, config, tensors)
+  with pytest.raises(UnsupportedCheckpoint, match=r"o_proj\.bias.*drop"):
+    import_hf(directory, str(tmp_path / "run"), tokenizer="byte")
+
+
 def test_non_empty_workdir_is_kept_without_overwrite(qwen2_dir, tmp_path):
   (tmp_path / "notes.txt").write_text("mine")
   with pytest.raises(FileExistsError, match="--overwrite"):
