@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# logical axis -> mesh axis (None: replicated)
-LOGICAL_RULES: dict[str, str | None] = {
+# logical axis -> mesh axis or axes (None: replicated)
+LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,
+    "seq": None,
     "embed": "fsdp",
     "heads": "tensor",
     "mlp": "tensor",
@@ -42,31 +46,85 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has "
                      f"{math.prod(sizes)} devices but {len(devices)} are available; make the product "
                      "equal the device count (use -1 for one axis to fill).")
+  if jax.process_count() > 1 and jax.local_device_count() % sizes[2]:
+    raise ValueError(f"mesh.tensor={sizes[2]} must divide the {jax.local_device_count()} devices "
+                     "of each process: a tensor-parallel group must stay inside one host, whose "
+                     "process feeds it its own batch rows.")
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
 def logical_to_mesh(spec: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Maps a tuple of logical names to a PartitionSpec, replicating dims the mesh axis can't split."""
+  """Maps a tuple of logical names to a PartitionSpec. A dim its mesh axis can't split evenly is
+  replicated, with a warning (N:M contraction axes are checked by `check_nm_shards` instead)."""
   if spec is None:
     return P()
   axes = []
   for name, size in zip(spec, shape):
-    axis = LOGICAL_RULES.get(name) if name is not None else None
+    axis = LOGICAL_RULES[name] if name is not None else None
+    if axis is not None and mesh.shape[axis] > 1 and size % mesh.shape[axis]:
+      logging.warning("Logical axis %r of size %d does not divide over mesh axis %r of size %d "
+                      "(shape %s): replicated instead.", name, size, axis, mesh.shape[axis], shape)
     if axis is not None and (mesh.shape[axis] == 1 or size % mesh.shape[axis]):
       axis = None
     axes.append(axis)
   return P(*axes)
 
 
+def check_nm_shards(layers: dict[str, Any], mesh: Mesh) -> None:
+  """Raises ConfigError unless every shard of each N:M layer's contraction axis holds whole groups.
+
+  `layers`: name -> a layer with `spec.m` (None/0 when dense) and a `kernel` Variable shaped
+  `[..., in, out]` whose `out_sharding` names its logical axes; `in` is the contraction axis.
+  """
+  from sbitnet.config import ConfigError  # here: sbitnet.config imports the models, which use us
+  for name, layer in layers.items():
+    m = layer.spec.m
+    names = layer.kernel.get_metadata().get("out_sharding")
+    if not m or not names or names[-2] is None:
+      continue
+    axis = LOGICAL_RULES[names[-2]]
+    shards, size = (mesh.shape[axis] if axis else 1), layer.kernel.shape[-2]
+    if shards > 1 and size % (shards * m):
+      valid = [k for k in range(1, size // m + 1) if (size // m) % k == 0]
+      raise ConfigError(
+          f"Layer {name!r}: its contraction axis ({names[-2]!r}, size {size}) is split over mesh "
+          f"axis {axis!r} of size {shards} (mesh {dict(mesh.shape)}), so a shard would hold "
+          f"{size / shards:g} inputs, not a whole number of {m}-wide N:M groups. Use "
+          f"mesh.{axis} in {valid} (sizes that keep {size} // {shards} a multiple of m={m}), or "
+          f"another pattern or model size.")
+
+
 def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
   """The state with each Variable's value replaced by its NamedSharding, from the Variable's
-  logical `out_sharding` names (same tree structure as the state)."""
+  logical `out_sharding` names, and any other leaf (a step count) replicated; same tree structure.
+  Optimizer states built from nnx.State parameters keep their Variables, so moments shard alike."""
 
-  def one(variable):
-    names = variable.get_metadata().get("out_sharding")
-    return variable.replace(NamedSharding(mesh, logical_to_mesh(names, variable.shape, mesh)))
+  def one(leaf):
+    if not isinstance(leaf, nnx.Variable):
+      return replicated(mesh)
+    names = leaf.get_metadata().get("out_sharding")
+    return leaf.replace(NamedSharding(mesh, logical_to_mesh(names, leaf.shape, mesh)))
 
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+  """Pins an activation's sharding by logical axis names under a mesh set with `jax.set_mesh`;
+  the identity when no mesh is set."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*(LOGICAL_RULES[n] if n else None for n in logical)))
+
+
+def with_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` called under `jax.set_mesh(mesh)`, so the `constrain` calls it traces see the mesh."""
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  return call
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

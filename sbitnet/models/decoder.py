@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sbitnet.nn import DecoderBlock, RMSNorm, SparseBitLinear, rope_tables
+from sbitnet.sharding import constrain
 
 if TYPE_CHECKING:
   from sbitnet.config import Config, ModelConfig
@@ -63,10 +64,11 @@ class DecoderLM(nnx.Module):
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None]
     cos, sin = rope_tables(positions, self.head_dim, self.model_cfg.rope_theta)
-    x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+    activation = ("batch", "seq", None)
+    x = constrain(jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype), activation)
 
     def apply_block(x, block):
-      return block(x, cos, sin)
+      return constrain(block(x, cos, sin), activation)
 
     if self.model_cfg.remat != "none":
       apply_block = nnx.remat(apply_block, policy=REMAT_POLICIES[self.model_cfg.remat])

@@ -20,8 +20,13 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<con
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; use --flag=value.")
+  from sbitnet import distributed
   from sbitnet.train.run import prepare, train_run  # after flag parsing: imports JAX
-  logging.set_verbosity(logging.INFO)
+  try:
+    host = distributed.initialize().process_id  # before any other JAX work
+  except USER_ERRORS as e:
+    fail(str(e))
+  logging.set_verbosity(logging.INFO if host == 0 else logging.WARNING)
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
   print(f"sbitnet: run {cfg.name!r} in {os.path.abspath(workdir)}", flush=True)
@@ -30,6 +35,8 @@ def main(argv: list[str]) -> None:
   except USER_ERRORS as e:
     fail(str(e))
   summary = train_run(run)
+  if host:  # metrics, plots and the summary belong to host 0
+    return
   png = plot_run(workdir)
   print(f"\nDone at step {summary['step']}: validation PPL {summary['val_ppl']:.3f} "
         f"(unigram baseline {summary['unigram_ppl']:.2f}).\n"

@@ -19,7 +19,7 @@ from sbitnet.checkpoint import Checkpointer, CheckpointMismatch, checkpoint_dir,
 from sbitnet.config import Config, ConfigError, ModelConfig, resolved_model, to_json, validate
 from sbitnet.metrics import MetricsWriter, peak_flops
 from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
-from sbitnet.sharding import batch_sharding, make_mesh
+from sbitnet.sharding import batch_sharding, check_nm_shards, make_mesh, with_mesh
 from sbitnet.train import schedules
 from sbitnet.train.optimizer import make_optimizer
 from sbitnet.train.progress import Progress
@@ -59,6 +59,9 @@ def prepare(cfg: Config, workdir: str) -> Run:
   if cfg.train.batch_size % jax.process_count():
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the "
                       f"{jax.process_count()} processes.")
+  shapes = resolved_model(cfg.model, 1)  # the vocabulary is no N:M layer's contraction axis
+  check_nm_shards(nnx.eval_shape(
+      lambda: DecoderLM(cfg, shapes, rngs=nnx.Rngs(0))).sparse_layers(), mesh)
   splits = data_lib.load_splits(cfg.data)
   model_cfg = resolved_model(cfg.model, splits.vocab_size)
   validate(cfg, model_cfg)
@@ -122,11 +125,11 @@ def train_run(run: Run) -> dict[str, Any]:
 
   def jit_step(gd):
     step = make_train_step(gd, optimizer, lr_schedule, tr.grad_accum, tr.loss_chunk)
-    return jax.jit(step, in_shardings=(shardings, batch_shard), out_shardings=(shardings, None),
-                   donate_argnums=0)
+    return with_mesh(jax.jit(step, in_shardings=(shardings, batch_shard),
+                             out_shardings=(shardings, None), donate_argnums=0), run.mesh)
 
   sparse_step, dense_step = jit_step(graphdef), (jit_step(dense_graphdef) if switch_step else None)
-  eval_step = jax.jit(make_eval_step(graphdef, tr.loss_chunk))
+  eval_step = with_mesh(jax.jit(make_eval_step(graphdef, tr.loss_chunk)), run.mesh)
   stats_step = jax.jit(make_stats_step(graphdef))
   dense_stats_step = jax.jit(make_stats_step(dense_graphdef)) if switch_step else None
   mask_sizes = {name: layer.kernel.size for name, layer in

@@ -27,6 +27,7 @@ def create_train_state(make_model: Callable[[], nnx.Module], optimizer: optax.Gr
   graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
   param_shardings = state_shardings(abstract_params, mesh)
   params = jax.jit(lambda: nnx.state(make_model(), nnx.Param), out_shardings=param_shardings)()
-  opt_state = jax.jit(optimizer.init)(params)
+  opt_shardings = state_shardings(jax.eval_shape(optimizer.init, params), mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
   state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh)), params, opt_state)
   return graphdef, state, jax.tree.map(lambda x: x.sharding, state)

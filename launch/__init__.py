@@ -1,0 +1,1 @@
+"""Launchers: SLURM sbatch templates (`launch/slurm/`) and `python -m launch.local`."""
