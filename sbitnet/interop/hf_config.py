@@ -15,6 +15,8 @@ from sbitnet.config import ModelConfig
 from sbitnet.models.presets import PRESETS
 
 SUPPORTED = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "vocab_size")
 SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size")
 
 
@@ -63,6 +65,10 @@ def model_config_from_hf(hf: dict[str, Any], dtype: str) -> ModelConfig:
   `max_positions` at the window, inside which full causal attention is the same computation.
   """
   arch = _architecture(hf)
+  missing = [f for f in REQUIRED_FIELDS if f not in hf]
+  if missing:
+    raise UnsupportedCheckpoint(f"config.json of this {arch} lacks {', '.join(missing)}; every "
+                                f"one of {', '.join(REQUIRED_FIELDS)} is needed.")
   d, heads = hf["hidden_size"], hf["num_attention_heads"]
   if hf.get("hidden_act", "silu") != "silu":
     _refuse("hidden_act", hf["hidden_act"], "'silu' (SwiGLU)")

@@ -12,7 +12,7 @@ from flax import nnx
 
 from sbitnet.checkpoint import CheckpointMismatch
 from sbitnet.interop.hf_config import UnsupportedCheckpoint
-from sbitnet.interop.hf_convert import export_hf, import_hf
+from sbitnet.interop.hf_convert import default_tokenizer, export_hf, import_hf
 from sbitnet.interop.safetensors_io import HFTensors
 from sbitnet.restore import load_run, read_config
 from tests.interop import hf_reference
@@ -148,6 +148,22 @@ def test_unsupported_config_field_is_named(tmp_path, field, value, match):
     import_hf(directory, str(tmp_path / "run"), tokenizer="byte")
 
 
+def test_missing_config_field_is_named(tmp_path):
+  config = hf_reference.hf_config()
+  del config["intermediate_size"]
+  with pytest.raises(UnsupportedCheckpoint, match="lacks intermediate_size"):
+    import_hf(_write(tmp_path, config, {}), str(tmp_path / "run"), tokenizer="byte")
+
+
+def test_default_tokenizer_is_the_checkpoints_own(tmp_path):
+  with pytest.raises(FileNotFoundError, match="--tokenizer"):
+    default_tokenizer(str(tmp_path))
+  (tmp_path / "tokenizer.model").write_text("")
+  assert default_tokenizer(str(tmp_path)) == str(tmp_path / "tokenizer.model")
+  (tmp_path / "tokenizer.json").write_text("{}")
+  assert default_tokenizer(str(tmp_path)) == str(tmp_path / "tokenizer.json")
+
+
 def test_missing_tensor_is_named(tmp_path):
   config = hf_reference.hf_config()
   tensors = hf_reference.random_tensors(config)
@@ -181,11 +197,6 @@ def test_non_empty_workdir_is_kept_without_overwrite(qwen2_dir, tmp_path):
   with pytest.raises(FileExistsError, match="--overwrite"):
     import_hf(qwen2_dir, str(tmp_path), tokenizer="byte")
   assert os.listdir(tmp_path) == ["notes.txt"]
-
-
-def test_missing_tokenizer_asks_for_the_flag(qwen2_dir, tmp_path):
-  with pytest.raises(FileNotFoundError, match="--tokenizer"):
-    import_hf(qwen2_dir, str(tmp_path / "run"))
 
 
 def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):

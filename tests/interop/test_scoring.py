@@ -4,6 +4,7 @@ batching and bucketing, lm-eval's rolling windows and pair encoding, greedy gene
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from sbitnet.data import get_tokenizer
 from sbitnet.interop.scoring import (Scorer, bucket, encode_pair, rolling_windows,
@@ -19,11 +20,14 @@ def loaded(qwen2_workdir):
   return load_run(qwen2_workdir)
 
 
+_call = nnx.jit(lambda model, tokens: model(tokens))
+
+
 def _logits(model, tokens):
   """Logits of `tokens`, computed right-padded to the model's 64 positions (one compiled shape)."""
   padded = np.zeros((1, 64), np.int32)
   padded[0, :len(tokens)] = tokens
-  return np.asarray(model(padded))[0, :len(tokens)]
+  return np.asarray(_call(model, padded))[0, :len(tokens)]
 
 
 def _direct_score(model, context_ids, continuation_ids):
