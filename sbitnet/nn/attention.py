@@ -19,10 +19,14 @@ class Attention(nnx.Module):
   """
 
   def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
-               linear: Callable[..., SparseBitLinear], qkv_bias: bool, rngs: nnx.Rngs):
+               linear: Callable[..., SparseBitLinear], qkv_bias: bool,
+               implementation: str | None = None, rngs: nnx.Rngs):
+    """`implementation` is passed to `jax.nn.dot_product_attention` ("cudnn" for the fused
+    flash-attention kernel on GPU, "xla", or None to let JAX choose)."""
     if n_heads % n_kv_heads:
       raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}.")
     self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+    self.implementation = implementation
     q, kv = n_heads * head_dim, n_kv_heads * head_dim
     self.qkv = linear(d_model, q + 2 * kv, split=(q, kv, kv), use_bias=qkv_bias,
                       kernel_axes=("embed", "heads"), rngs=rngs)
@@ -37,5 +41,6 @@ class Attention(nnx.Module):
     keys = qkv[..., q:q + kv].reshape(b, t, self.n_kv_heads, self.head_dim)
     values = qkv[..., q + kv:].reshape(b, t, self.n_kv_heads, self.head_dim)
     queries, keys = apply_rope(queries, cos, sin), apply_rope(keys, cos, sin)
-    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True)
+    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
+                                       implementation=self.implementation)
     return self.o(out.reshape(b, t, q))

@@ -17,10 +17,10 @@ class DecoderBlock(nnx.Module):
 
   def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, d_ff: int, *,
                linear: Callable[..., SparseBitLinear], qkv_bias: bool, norm_eps: float,
-               rngs: nnx.Rngs):
+               attention: str | None = None, rngs: nnx.Rngs):
     self.attn_norm = RMSNorm(d_model, eps=norm_eps)
     self.attn = Attention(d_model, n_heads, n_kv_heads, head_dim, linear=linear,
-                          qkv_bias=qkv_bias, rngs=rngs)
+                          qkv_bias=qkv_bias, implementation=attention, rngs=rngs)
     self.mlp_norm = RMSNorm(d_model, eps=norm_eps)
     self.mlp = SwiGLU(d_model, d_ff, linear=linear, rngs=rngs)
 
