@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
+def attention_implementation(dtype: jnp.dtype) -> str | None:
+  """cuDNN flash attention on GPU for 16-bit activations (never materialises [T, T] scores);
+  JAX's choice elsewhere."""
+  if jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return None
+
+
 def linear_factory(cfg: Config, model: ModelConfig, sparse: bool = True):
   """A `SparseBitLinear` constructor carrying the config's arm, pattern and ablations."""
   sp = cfg.sparsity
@@ -51,7 +59,7 @@ class DecoderLM(nnx.Module):
     def make_blocks(rngs: nnx.Rngs) -> DecoderBlock:
       return DecoderBlock(model.d_model, model.n_heads, model.n_kv_heads, head_dim, model.d_ff,
                           linear=linear, qkv_bias=model.qkv_bias, norm_eps=model.norm_eps,
-                          rngs=rngs)
+                          attention=attention_implementation(self.dtype), rngs=rngs)
 
     self.blocks = make_blocks(rngs)
     self.final_norm = RMSNorm(model.d_model, eps=model.norm_eps)

@@ -15,6 +15,8 @@ from sbitnet.plot import plot_run
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<config name>).")
+_STOP_AT = flags.DEFINE_integer("stop_at", None, "Checkpoint and exit after this step (to fit a "
+                                "job's time slice); the next run resumes.")
 
 
 def main(argv: list[str]) -> None:
@@ -34,7 +36,7 @@ def main(argv: list[str]) -> None:
     run = prepare(cfg, workdir)
   except USER_ERRORS as e:
     fail(str(e))
-  summary = train_run(run)
+  summary = train_run(run, _STOP_AT.value)
   if host:  # metrics, plots and the summary belong to host 0
     return
   png = plot_run(workdir)

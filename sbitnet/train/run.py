@@ -82,12 +82,9 @@ def global_batch(tree: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in tree.items()}
 
 
-def _sparse_pattern(cfg: Config) -> tuple[int | None, int | None]:
-  return (cfg.sparsity.n, cfg.sparsity.m) if cfg.sparsity.m else (None, None)
-
-
-def train_run(run: Run) -> dict[str, Any]:
-  """Trains to `cfg.train.steps`, resuming from the workdir; returns a summary dict."""
+def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
+  """Trains to `cfg.train.steps` (or stops early after step `stop_at`, checkpointing there, as
+  a preempted job would), resuming from the workdir; returns a summary dict."""
   cfg, model_cfg, tr = run.cfg, run.model_cfg, run.cfg.train
   os.makedirs(run.workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -170,13 +167,14 @@ def train_run(run: Run) -> dict[str, Any]:
           "Try a lower train.lr, a longer warm-up, or train.grad_clip.")
 
   try:
-    for step in range(start, tr.steps):
+    last = tr.steps if stop_at is None else min(stop_at, tr.steps)
+    for step in range(start, last):
       dense_phase = step < switch_step
       batch = global_batch(next(iterator), batch_shard)
       state, metrics = (dense_step if dense_phase else sparse_step)(state, batch)
       pending_losses.append(metrics["loss"])
       done = step + 1
-      if done % tr.log_every == 0 or done == tr.steps:
+      if done % tr.log_every == 0 or done == last:
         check_finite(done)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - timer
@@ -189,18 +187,18 @@ def train_run(run: Run) -> dict[str, Any]:
         progress.update(done, metrics["loss"], last_eval.get("val_ppl"))
       else:
         progress.update(done)
-      if done % tr.stats_every == 0 or done == tr.steps:
+      if done % tr.stats_every == 0 or done == last:
         masks, stats = (dense_stats_step if dense_phase else stats_step)(state.params)
         if masks and prev_masks is not None and masks.keys() == prev_masks.keys():
           stats["flip_rate"] = flip_rate(prev_masks, masks, mask_sizes)
         prev_masks = masks or None
         writer.write(done, stats)
-      if done % tr.eval_every == 0 or done == tr.steps:
+      if done % tr.eval_every == 0 or done == last:
         last_eval = evaluate(eval_step, state.params, val_batches)
         writer.write(done, last_eval)
         logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
                      last_eval["val_ppl"])
-      if done % tr.checkpoint_every == 0 or done == tr.steps:
+      if done % tr.checkpoint_every == 0 or done == last:
         check_finite(done)
         checkpointer.save(state, iterator.get_state(), meta)
   finally:
