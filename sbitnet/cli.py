@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging as logging_std
 import os
 import sys
 from typing import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sbitnet.checkpoint import CheckpointMismatch
@@ -22,6 +23,20 @@ def define_config_flag() -> flags.FlagHolder:
       "Experiment config file `path/to/file.py[:arg]` defining get_config(arg); fields are "
       "overridden with --config.<field>=<value>. Default: the embedded tiny 6:8 Sparse BitNet.",
       lock_config=False)
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax and grain (each checkpoint logs dozens of lines) and JAX's
+  backend probing; keeps warnings and errors."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    noisy = (record.module == "xla_bridge" or
+             any(f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain")))
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def fail(message: str) -> None:

@@ -10,7 +10,7 @@ import os
 
 from absl import flags, logging
 
-from sbitnet.cli import USER_ERRORS, define_config_flag, fail, run_main
+from sbitnet.cli import USER_ERRORS, define_config_flag, fail, quiet_library_logs, run_main
 from sbitnet.plot import plot_run
 
 _CONFIG = define_config_flag()
@@ -29,6 +29,7 @@ def main(argv: list[str]) -> None:
   except USER_ERRORS as e:
     fail(str(e))
   logging.set_verbosity(logging.INFO if host == 0 else logging.WARNING)
+  quiet_library_logs()
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
   print(f"sbitnet: run {cfg.name!r} in {os.path.abspath(workdir)}", flush=True)
