@@ -1,0 +1,289 @@
+"""Expands an experiment file's `sweep(scale)` into training runs and runs them, locally or as a
+SLURM array job. Every run trains in `ROOT/<config name>-<hash of its config>` (experiments/runs.py),
+so running the same command again skips finished runs and resumes unfinished ones.
+
+  python -m launch.sweep --experiment=experiments/nm_sweep.py --scale=small --root=runs/nm --dry-run
+  python -m launch.sweep --experiment=experiments/nm_sweep.py --scale=small --root=runs/nm \\
+      --backend=local [--gpus=4] [--set=train.steps=2000 --set=data.path=DIR]
+  python -m launch.sweep --experiment=experiments/four_arms.py --scale=paper --root=/scratch/4arms \\
+      --backend=slurm --nodes=4 --gpus_per_run=8 --sbatch=--partition=gpu --sbatch=--time=24:00:00 \\
+      --set=data.path=/data/refinedweb
+  python -m experiments.analyze --root=runs/nm
+
+--dry-run lists each run (name, status done/partial/new, workdir, the exact command); with
+--backend=slurm it prints the sbatch script instead of submitting it. Local: one run per group of
+`--gpus_per_run` local GPUs at a time (CUDA_VISIBLE_DEVICES), or one run at a time on the CPU when
+there is no GPU; each run's output goes to `WORKDIR/train.log`. SLURM: one array task per unfinished
+run, each on `--nodes` nodes with one process per GPU joined through jax.distributed
+(sbitnet.distributed); tasks requeue themselves shortly before the time limit and resume from their
+checkpoints. Resubmit only after the previous job has ended: two jobs must not train one workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from types import ModuleType
+
+from absl import app, flags
+
+from experiments.runs import STATUSES, run_status, workdir_name
+from sbitnet.config import (Config, ConfigError, check_override_paths, field_paths,
+                            resolved_model, validate)
+
+POLL_SECONDS = 1.0
+REQUEUE_SECONDS = 300  # SIGUSR1 this long before the time limit: requeue the task
+
+_EXPERIMENT = flags.DEFINE_string("experiment", None, "Experiment file defining get_config(arg) "
+                                  "and sweep(scale), e.g. experiments/nm_sweep.py.", required=True)
+_SCALE = flags.DEFINE_string("scale", "small", "Passed to sweep(scale): cpu, small or paper.")
+_ROOT = flags.DEFINE_string("root", None, "Directory holding one workdir per run.", required=True)
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm"], "Where the runs train.")
+_DRY_RUN = flags.DEFINE_bool("dry-run", False, "List the runs (slurm: print the sbatch script); "
+                             "train and submit nothing.")
+_SET = flags.DEFINE_multi_string("set", [], "field=value override applied to every run "
+                                 "(passed to training as --config.field=value); repeatable.")
+_GPUS = flags.DEFINE_integer("gpus", -1, "local: GPUs to use (-1: those in CUDA_VISIBLE_DEVICES, "
+                             "else those nvidia-smi lists; 0: run on the CPU, one run at a time).")
+_GPUS_PER_RUN = flags.DEFINE_integer("gpus_per_run", 1, "GPUs of one run (slurm: per node).")
+_NODES = flags.DEFINE_integer("nodes", 1, "slurm: nodes of one run.")
+_SBATCH = flags.DEFINE_multi_string("sbatch", [], "slurm: extra sbatch option for the array job, "
+                                    "e.g. --sbatch=--partition=gpu; repeatable.")
+
+
+@dataclasses.dataclass
+class Run:
+  """One entry of a sweep: its config argument, resolved config, workdir and status."""
+  arg: str
+  cfg: Config
+  workdir: str
+  command: list[str]
+  status: str
+  step: int
+
+
+def load_experiment(path: str) -> ModuleType:
+  """The experiment module at `path`; it must define get_config(arg) and sweep(scale)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--experiment={path!r} is not a file; give an experiment file such as "
+                     "experiments/nm_sweep.py.")
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  missing = [f for f in ("get_config", "sweep") if not callable(getattr(module, f, None))]
+  if missing:
+    raise ValueError(f"--experiment={path!r} defines no {' and no '.join(missing)}(); an experiment "
+                     "file for a sweep needs get_config(arg) and sweep(scale).")
+  return module
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+  """['train.steps=100', ...] -> {'train.steps': '100'}; unknown fields are a ConfigError."""
+  overrides = {}
+  for item in items:
+    path, sep, value = item.partition("=")
+    if not sep or not path:
+      raise ConfigError(f"--set={item!r} is not field=value (e.g. --set=train.steps=1000).")
+    overrides[path] = value
+  check_override_paths([f"--config.{path}={value}" for path, value in overrides.items()])
+  return overrides
+
+
+def _typed(path: str, text: str, current: object) -> object:
+  """`text` as the type of the field's current value, as --config.<path> would parse it."""
+  try:
+    if isinstance(current, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      return text.lower() in ("true", "1")
+    return type(current)(text)
+  except ValueError:
+    raise ConfigError(f"--set={path}={text!r}: {path} takes type {type(current).__name__} "
+                      f"(now {current!r}).") from None
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
+  current = field_paths(cfg)
+  for path, text in overrides.items():
+    *sections, field = path.split(".")
+    obj = cfg
+    for section in sections:
+      obj = getattr(obj, section)
+    setattr(obj, field, _typed(path, text, current[path]))
+  return cfg
+
+
+def expand(experiment: str, scale: str, root: str, overrides: dict[str, str]) -> list[Run]:
+  """The runs of `experiment`'s sweep(scale) with `overrides`, each with its workdir and status."""
+  module = load_experiment(experiment)
+  runs, seen = [], {}
+  for arg in module.sweep(scale):
+    cfg = apply_overrides(module.get_config(arg), overrides)
+    # dtype "auto" would ask JAX for its backend, and so claim a GPU in this launcher process
+    model = cfg.model if cfg.model.dtype != "auto" else dataclasses.replace(cfg.model, dtype="float32")
+    validate(cfg, resolved_model(model, 0))
+    workdir = os.path.join(root, workdir_name(cfg))
+    if workdir in seen:
+      raise ValueError(f"sweep arguments {seen[workdir]!r} and {arg!r} give the same config "
+                       f"({workdir}); every run of a sweep must differ.")
+    seen[workdir] = arg
+    command = [sys.executable, "-m", "sbitnet.train", f"--config={experiment}:{arg}",
+               *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={workdir}"]
+    runs.append(Run(arg, cfg, workdir, command, *run_status(workdir, cfg.train.steps)))
+  return runs
+
+
+def listing(runs: list[Run]) -> str:
+  lines = []
+  for run in runs:
+    at = f" at step {run.step}/{run.cfg.train.steps}" if run.status == "partial" else ""
+    lines += [f"{run.cfg.name}: {run.status}{at}", f"  workdir: {run.workdir}",
+              f"  command: {shlex.join(run.command)}"]
+  counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+  lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+  return "\n".join(lines)
+
+
+def local_gpus(requested: int) -> list[str]:
+  """Device ids for CUDA_VISIBLE_DEVICES: the first `requested` (-1: all) of those visible."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    ids = [i for i in visible.split(",") if i.strip()]
+  elif shutil.which("nvidia-smi"):
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    ids = [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+  else:
+    ids = []
+  if requested > len(ids):
+    raise ValueError(f"--gpus={requested} but only {len(ids)} GPUs are visible ({ids}).")
+  return ids if requested < 0 else ids[:requested]
+
+
+def run_local(runs: list[Run], gpus: list[str], gpus_per_run: int) -> int:
+  """Trains the unfinished runs, one per group of `gpus_per_run` GPUs at a time (or one at a time
+  on the CPU when `gpus` is empty); returns the number of runs that failed."""
+  if gpus and len(gpus) < gpus_per_run:
+    raise ValueError(f"--gpus_per_run={gpus_per_run} but only {len(gpus)} GPUs are in use.")
+  slots = ([",".join(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus) - gpus_per_run + 1,
+                                                              gpus_per_run)] or [None])
+  for run in runs:
+    if run.status == "done":
+      print(f"skip {run.cfg.name}: done ({run.workdir})", flush=True)
+  pending = [r for r in runs if r.status != "done"]
+  active: dict[str | None, tuple[Run, subprocess.Popen]] = {}
+  failed = 0
+  try:
+    while pending or active:
+      for slot in [s for s in slots if s not in active][:len(pending)]:
+        run = pending.pop(0)
+        os.makedirs(run.workdir, exist_ok=True)
+        env = dict(os.environ) if slot is None else {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
+        with open(os.path.join(run.workdir, "train.log"), "a") as log:
+          active[slot] = run, subprocess.Popen(run.command, env=env, stdout=log,
+                                               stderr=subprocess.STDOUT)
+        where = "the CPU" if slot is None else f"GPU {slot}"
+        how = f"resume from step {run.step}" if run.status == "partial" else "start"
+        print(f"{how} {run.cfg.name} on {where} ({run.workdir})", flush=True)
+      time.sleep(POLL_SECONDS)
+      for slot, (run, proc) in list(active.items()):
+        if proc.poll() is None:
+          continue
+        del active[slot]
+        status, step = run_status(run.workdir, run.cfg.train.steps)
+        if proc.returncode == 0 and status == "done":
+          print(f"done {run.cfg.name} ({run.workdir})", flush=True)
+        else:
+          failed += 1
+          print(f"FAILED {run.cfg.name} (exit {proc.returncode}, step {step}); see "
+                f"{os.path.join(run.workdir, 'train.log')}", flush=True)
+  finally:
+    for _, proc in active.values():
+      proc.terminate()
+      proc.wait()
+  return failed
+
+
+def sbatch_script(runs: list[Run], name: str, root: str, nodes: int, gpus_per_node: int,
+                  options: list[str]) -> str:
+  """An sbatch array job, task i training runs[i] on `nodes` x `gpus_per_node` GPUs (one process
+  per GPU: sbitnet.distributed reads SLURM's variables). Requeue-friendly: a task requeues itself
+  on SIGUSR1 shortly before its time limit, and training resumes from the workdir."""
+  logs = os.path.abspath(os.path.join(root, "slurm"))
+  head = [f"--job-name=sbitnet-{name}", f"--array=0-{len(runs) - 1}", f"--nodes={nodes}",
+          f"--ntasks-per-node={gpus_per_node}", f"--gpus-per-node={gpus_per_node}",
+          f"--output={logs}/%x-%A_%a.out", "--open-mode=append", "--requeue",
+          f"--signal=B:USR1@{REQUEUE_SECONDS}", *options]
+  cases = [f"  {i}) RUN=({shlex.join(run.command)}) ;;" for i, run in enumerate(runs)]
+  return "\n".join([
+      "#!/bin/bash",
+      *(f"#SBATCH {option}" for option in head),
+      "",
+      f"# Written by `python -m launch.sweep` for {len(runs)} runs; each trains (or resumes) in",
+      "# its workdir. One process per GPU, joined through jax.distributed (sbitnet.distributed).",
+      f"cd {shlex.quote(os.getcwd())}",
+      "export PYTHONUNBUFFERED=1",
+      'case "$SLURM_ARRAY_TASK_ID" in',
+      *cases,
+      '  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
+      "esac",
+      'requeue() { echo "time limit near: requeueing"; '
+      'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; }',
+      "trap requeue USR1",
+      'srun --kill-on-bad-exit=1 "${RUN[@]}" &',
+      "pid=$!",
+      'wait "$pid"; code=$?',
+      'if kill -0 "$pid" 2>/dev/null; then wait "$pid"; code=$?; fi  # the trap woke the first wait',
+      'exit "$code"',
+      ""])
+
+
+def submit(script: str, path: str) -> str:
+  """Writes the script to `path` and submits it; returns the job id."""
+  if not shutil.which("sbatch"):
+    raise FileNotFoundError("sbatch is not on PATH: run --backend=slurm on a SLURM login node "
+                            "(or add --dry-run to see the script).")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(script)
+  out = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True)
+  if out.returncode:
+    raise RuntimeError(f"sbatch {path} failed: {out.stderr.strip()}")
+  return out.stdout.strip()
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value.")
+  root, experiment = _ROOT.value, _EXPERIMENT.value
+  try:
+    runs = expand(experiment, _SCALE.value, root, parse_overrides(_SET.value))
+    if _BACKEND.value == "local":
+      if _DRY_RUN.value:
+        print(listing(runs))
+        return
+      failed = run_local(runs, local_gpus(_GPUS.value), _GPUS_PER_RUN.value)
+      sys.exit(f"{failed} of {len(runs)} runs failed." if failed else 0)
+    todo = [r for r in runs if r.status != "done"]
+    print(listing(runs), file=sys.stderr if _DRY_RUN.value else sys.stdout)
+    if not todo:
+      print("Every run is done; nothing to submit.")
+      return
+    name = os.path.splitext(os.path.basename(experiment))[0]
+    script = sbatch_script(todo, name, root, _NODES.value, _GPUS_PER_RUN.value, _SBATCH.value)
+    if _DRY_RUN.value:
+      print(script)
+      return
+    job = submit(script, os.path.join(root, "slurm", f"{name}.sbatch"))
+  except (ValueError, FileNotFoundError, RuntimeError) as e:  # ConfigError is a ValueError
+    sys.exit(f"error: {e}")
+  print(f"Submitted array job {job}: {len(todo)} runs; logs in {os.path.join(root, 'slurm')}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
