@@ -10,7 +10,7 @@ from tests.kernels.base import PATTERNS, activations
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("pattern", PATTERNS + [(1, 16)], ids=lambda p: f"{p[0]}:{p[1]}")
-@pytest.mark.parametrize("k,n", [(256, 64), (208, 40)])
+@pytest.mark.parametrize("k,n", [(256, 64), pytest.param(208, 40, marks=pytest.mark.slow)])
 def test_fused_kernel_matches_the_ops_bit_for_bit(k, n, pattern, dtype):
   if pattern[1] and k % pattern[1]:
     pytest.skip("m does not divide k")
@@ -25,6 +25,12 @@ def test_fused_kernel_matches_the_ops_bit_for_bit(k, n, pattern, dtype):
   unfused = sparse_quantize_pack(w, *pattern, implementation="xla")
   np.testing.assert_array_equal(fused.codes, unfused.codes)
   np.testing.assert_array_equal(fused.scale, unfused.scale)
+
+
+def test_off_tile_shape_6_8():
+  w = activations(jax.random.key(1), (208, 40), jnp.bfloat16)
+  fused = sparse_quantize_pack(w, 6, 8, implementation="pallas")
+  np.testing.assert_array_equal(fused.codes, sparse_quantize_pack(w, 6, 8).codes)
 
 
 def test_ties_go_to_the_lower_index_and_split_gammas():

@@ -55,12 +55,13 @@ def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
   codes = _pad_to(p.codes, 1, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
   c = config or config_lib.choose(m, n16, kp, x.dtype == jnp.int8)
-  if n16 % c.block_n or (kp // TILE_K) % c.split_k or c.block_m % 16:
+  if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
     raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
-                     f"to 16 ({n16}), split_k={c.split_k} the {kp // TILE_K} K tiles, and "
-                     f"block_m={c.block_m} must be a multiple of 16.")
+                     f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
+                     f"split_k={c.split_k} positive.")
   mp = -(-m // c.block_m) * c.block_m
-  x = _pad_to(_pad_to(x, 1, kp), 0, mp)
+  kx = c.split_k * -(-(kp // TILE_K) // c.split_k) * TILE_K
+  x = _pad_to(_pad_to(x, 1, kx), 0, mp)
   row_scale = _pad_to(row_scale, 0, mp)
   part_dtype = out_dtype if c.split_k == 1 else jnp.float32
   parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c, out_dtype=part_dtype,

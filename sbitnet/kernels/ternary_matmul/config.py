@@ -6,8 +6,9 @@ from sbitnet.kernels.ternary_matmul.pack import TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 
 DECODE_MAX_M = 64
-# Programs wanted per launch: two waves on a 132-SM H100, so split-K fills the GPU at small N.
-TARGET_PROGRAMS = 264
+# Programs wanted per launch: about four waves on a 132-SM H100/H200, so that each SM has several
+# programs' loads in flight; split-K supplies them when N alone is too narrow.
+TARGET_PROGRAMS = 528
 MIN_TILES_PER_SPLIT = 2
 
 
@@ -19,12 +20,10 @@ def block_n_for(n: int, largest: int = 128) -> int:
   return b
 
 
-def _split_for(k_tiles: int, programs: int) -> int:
-  best = 1
-  for d in range(1, k_tiles + 1):
-    if k_tiles % d == 0 and k_tiles // d >= MIN_TILES_PER_SPLIT and programs * d <= TARGET_PROGRAMS:
-      best = d
-  return best
+def split_for(k_tiles: int, programs: int) -> int:
+  """Split-K factor: enough programs for TARGET_PROGRAMS, at least MIN_TILES_PER_SPLIT tiles each."""
+  want = -(-TARGET_PROGRAMS // programs)
+  return max(1, min(want, k_tiles // MIN_TILES_PER_SPLIT))
 
 
 def choose(m: int, n: int, kp: int, int8: bool) -> Config:
@@ -33,7 +32,7 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
     block_m = max(16, 1 << (m - 1).bit_length())
     block_n = block_n_for(n)
     programs = (n // block_n) * (-(-m // block_m))
-    return Config(block_m=block_m, block_n=block_n, split_k=_split_for(kp // TILE_K, programs),
+    return Config(block_m=block_m, block_n=block_n, split_k=split_for(kp // TILE_K, programs),
                   num_warps=4, num_stages=4)
   return Config(block_m=128, block_n=block_n_for(n), split_k=1, num_warps=8 if int8 else 4,
                 num_stages=3)

@@ -1,0 +1,310 @@
+"""Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
+
+  python benchmarks/kernels.py [--part decode|large|fused|all] [--quick]
+
+Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
+one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
+block_until_ready after a warm-up, and the median of 5 runs divided by reps·R is reported. Inputs
+are random and never zero. Prints a short table; writes JSON and markdown under $OUT (or ./out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
+from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
+from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
+from sbitnet.ops import absmax_int8  # noqa: E402
+
+# (name, K=in, N=out): Qwen2.5 projections (q/o, k/v, gate/up, down) and a 70B-class FFN.
+SHAPES = [
+    ("0.5b.q", 896, 896), ("0.5b.kv", 896, 128), ("0.5b.up", 896, 4864),
+    ("0.5b.down", 4864, 896),
+    ("1.5b.q", 1536, 1536), ("1.5b.up", 1536, 8960), ("1.5b.down", 8960, 1536),
+    ("3b.q", 2048, 2048), ("3b.up", 2048, 11008), ("3b.down", 11008, 2048),
+    ("8k.up", 8192, 28672),
+]
+DECODE_MS = (1, 4, 16, 64)
+LARGE_MS = (256, 2048, 16384)
+ROTATE_BYTES = 160e6  # working set per timed loop (H100 L2 is 50 MB)
+MAX_COPIES = 24
+SPEC = {"hbm_tb_s": 3.35, "int8_tops": 1979.0, "bf16_tflops": 989.0}  # H100 SXM datasheet
+
+
+def _nonzero_normal(key, shape, dtype):
+  x = jax.random.normal(key, shape, jnp.float32)
+  return jnp.where(jnp.abs(x) < 0.1, 0.1, x).astype(dtype)
+
+
+def _ternary(key, k, n, pattern=(6, 8)):
+  w = jax.random.normal(key, (k, n), jnp.float32)
+  return unpack(sparse_quantize_pack(w, *pattern, implementation="xla"))
+
+
+def timed(fn, sets, est_s):
+  """Median seconds per call of fn(*s), rotating over `sets` inside one jitted loop."""
+  reps = max(1, min(200, int(0.05 / max(est_s * len(sets), 1e-7))))
+
+  @jax.jit
+  def loop(sets):
+    def body(_, c):
+      for s in sets:
+        s, c = jax.lax.optimization_barrier((s, c))
+        # Consuming every output element keeps XLA from computing only part of it.
+        c = c + jnp.sum(fn(*s), dtype=jnp.float32)
+      return c
+    return jax.lax.fori_loop(0, reps, body, jnp.float32(0))
+
+  jax.block_until_ready(loop(sets))
+  runs = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    jax.block_until_ready(loop(sets))
+    runs.append(time.perf_counter() - t0)
+  return statistics.median(runs) / (reps * len(sets))
+
+
+def copies(nbytes):
+  return int(min(MAX_COPIES, max(2, math.ceil(ROTATE_BYTES / max(nbytes, 1)))))
+
+
+def measure_read_bandwidth():
+  """TB/s of a 1 GiB read (a sum): the ceiling for streaming packed weights."""
+  x = _nonzero_normal(jax.random.key(0), (256 * 1024 * 1024,), jnp.float32)
+  return x.nbytes / timed(lambda a: a, [(x,)], 3e-4) / 1e12
+
+
+def measure_peak_matmul():
+  k = jax.random.key(1)
+  a = _nonzero_normal(k, (8192, 8192), jnp.bfloat16)
+  b = _nonzero_normal(jax.random.key(2), (8192, 8192), jnp.bfloat16)
+  f = 2 * 8192 ** 3
+  tb = timed(lambda a, b: a @ b, [(a, b)], 2e-3)
+  ai, bi = a.astype(jnp.int8), b.astype(jnp.int8)
+  ti = timed(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.int32), [(ai, bi)], 1e-3)
+  return f / tb / 1e12, f / ti / 1e12
+
+
+# ---------------------------------------------------------------- correctness
+
+def check_correctness(log):
+  ok = True
+  cases = [(1, 896, 128, (6, 8)), (5, 896, 4864, (2, 4)), (16, 4864, 896, (2, 8)),
+           (64, 1536, 8960, (None, None)), (70, 2048, 256, (4, 8)), (300, 2048, 1000, (6, 8)),
+           (2048, 1024, 1024, (6, 8))]
+  for i, (m, k, n, pattern) in enumerate(cases):
+    t, gamma = _ternary(jax.random.key(10 + i), k, n, pattern)
+    p = pack(t, gamma)
+    x = _nonzero_normal(jax.random.key(100 + i), (m, k), jnp.bfloat16)
+    for quantize_x in (False, True):
+      ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
+      cfg = config_lib.choose(m, -(-n // 16) * 16, p.codes.shape[0] * 4, quantize_x)
+      mp = -(-m // cfg.block_m) * cfg.block_m
+      dtype = jnp.float32 if cfg.split_k > 1 else x.dtype
+      poison = jnp.full((cfg.split_k, mp, -(-n // 16) * 16), jnp.nan, dtype)
+      out = ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas", out_init=poison)
+      a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+      err = np.linalg.norm(a - b) / np.linalg.norm(b)
+      good = bool(np.isfinite(a).all() and err < 1e-2)
+      ok &= good
+      log(f"check matmul m={m} k={k} n={n} {pattern} int8={quantize_x} {cfg}: rel_err={err:.2e} "
+          f"{'ok' if good else 'FAIL'}")
+  for k, n, pattern in [(4864, 896, (6, 8)), (896, 4864, (2, 4)), (2048, 1000, (None, None))]:
+    w = jax.random.normal(jax.random.key(k), (k, n), jnp.float32)
+    a = sparse_quantize_pack(w, *pattern, implementation="pallas")
+    b = sparse_quantize_pack(w, *pattern, implementation="xla")
+    diff = int(jnp.sum(a.codes != b.codes))
+    good = diff == 0 and bool(jnp.all(a.scale == b.scale))
+    ok &= good
+    log(f"check sparse_quantize k={k} n={n} {pattern}: differing code bytes={diff} "
+        f"{'ok' if good else 'FAIL'}")
+  return ok
+
+
+# ---------------------------------------------------------------- timings
+
+def bench_matmul(name, k, n, ms, log, peaks):
+  rows = []
+  t, gamma = _ternary(jax.random.key(k * 7 + n), k, n)
+  p = pack(t, gamma)
+  packed_bytes = p.codes.nbytes + p.scale.nbytes
+  r = copies(k * n * 2)
+  ws_bf16 = [(t.astype(jnp.bfloat16) + 0 * i) for i in range(r)]
+  ws_i8 = [t + jnp.int8(0) * i for i in range(r)]
+  ps = [pack(t, gamma + i * 1e-3) for i in range(r)]
+  for m in ms:
+    x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    xq, sx = absmax_int8(x)
+    flops = 2 * m * k * n
+    est = max(flops / 500e12, k * n * 2 / 2.5e12)
+    impls = {
+        "xla_bf16": (lambda x, w: x @ w, [(x, w) for w in ws_bf16]),
+        "xla_int8": (lambda xq, sx, w: (jax.lax.dot(xq, w, preferred_element_type=jnp.int32)
+                                         .astype(jnp.float32) * sx * gamma).astype(jnp.bfloat16),
+                     [(xq, sx, w) for w in ws_i8]),
+        "pallas_bf16": (lambda x, p: ternary_matmul(x, p, implementation="pallas"),
+                        [(x, q) for q in ps]),
+        "pallas_int8": (lambda x, p: ternary_matmul(x, p, quantize_x=True,
+                                                    implementation="pallas"),
+                        [(x, q) for q in ps]),
+    }
+    if m > config_lib.DECODE_MAX_M:
+      impls["ternary_xla_int8"] = (
+          lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="xla"),
+          [(x, q) for q in ps])
+    res = {}
+    for impl, (fn, sets) in impls.items():
+      try:
+        res[impl] = timed(fn, sets, est)
+      except Exception as e:  # a failing variant is reported, the rest still run
+        log(f"  {name} m={m} {impl}: ERROR {type(e).__name__}: {str(e)[:300]}")
+    base = res.get("xla_bf16")
+    for impl, sec in res.items():
+      row = dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6, copies=r,
+                 speedup_vs_bf16=(base / sec) if base else None,
+                 tops=flops / sec / 1e12,
+                 int8_peak_frac=flops / sec / 1e12 / SPEC["int8_tops"],
+                 packed_hbm_frac=(packed_bytes / sec / 1e12 / peaks["read_tb_s"]
+                                  if impl.startswith(("pallas", "ternary")) else None))
+      rows.append(row)
+    log(f"  {name:10s} m={m:5d} " + " ".join(
+        f"{i}={v * 1e6:8.1f}us" for i, v in res.items()))
+  return rows
+
+
+def bench_decode_configs(log):
+  """A small sweep of decode tile configs (the dispatcher's choice is marked)."""
+  rows = []
+  for name, k, n in [("3b.down", 11008, 2048), ("8k.up", 8192, 28672)]:
+    t, gamma = _ternary(jax.random.key(3), k, n)
+    r = copies(k * n // 4)
+    ps = [pack(t, gamma + i * 1e-3) for i in range(r)]
+    for m in (16,):
+      x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+      chosen = config_lib.choose(m, n, k, False)
+      cands = {chosen}
+      for bn in (128, 256):
+        for split in (1, 2, 4, 8, 16):
+          if n % bn == 0 and split <= k // 256:
+            cands.add(Config(16, bn, split, 4, 4))
+      for quantize_x in (False, True):
+        for c in sorted(cands, key=str):
+          try:
+            sec = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
+                                                    implementation="pallas", config=c),
+                        [(x, q) for q in ps], k * n / 4 / 2e12)
+          except Exception as e:
+            log(f"  sweep {name} m={m} {c}: ERROR {type(e).__name__}: {str(e)[:200]}")
+            continue
+          rows.append(dict(shape=name, m=m, int8=quantize_x, config=str(c), us=sec * 1e6,
+                           chosen=c == chosen))
+          log(f"  sweep {name:9s} m={m:2d} int8={quantize_x:d} {c}: {sec * 1e6:7.1f}us"
+              f"{'  <- default' if c == chosen else ''}")
+  return rows
+
+
+def bench_fused(log):
+  rows = []
+  for name, k, n in [("0.5b.up", 896, 4864), ("3b.up", 2048, 11008), ("8k.up", 8192, 28672)]:
+    w = jax.random.normal(jax.random.key(5), (k, n), jnp.float32)
+    for pattern in ((6, 8), (2, 4), (None, None)):
+      res = {}
+      for impl in ("xla", "pallas"):
+        res[impl] = timed(lambda w: sparse_quantize_pack(w, *pattern, implementation=impl).codes,
+                          [(w,)], k * n * 4 / 2e12)
+      rows.append(dict(shape=name, k=k, n=n, pattern=str(pattern),
+                       xla_us=res["xla"] * 1e6, pallas_us=res["pallas"] * 1e6))
+      log(f"  fused {name:8s} {pattern}: xla(one jit, unfused ops)={res['xla'] * 1e6:8.1f}us "
+          f"pallas={res['pallas'] * 1e6:8.1f}us  ({res['xla'] / res['pallas']:.2f}x)")
+  return rows
+
+
+def _fmt(v):
+  return "" if v is None else f"{v:.2f}"
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--part", default="all", choices=("decode", "large", "fused", "sweep", "all"))
+  ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
+  ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
+  ap.add_argument("--skip-checks", action="store_true")
+  args = ap.parse_args()
+  out_dir = os.environ.get("OUT", "out")
+  os.makedirs(out_dir, exist_ok=True)
+  lines = []
+
+  def log(s):
+    print(s, flush=True)
+    lines.append(s)
+
+  dev = jax.devices()[0]
+  meta = dict(device=dev.device_kind, date=datetime.date.today().isoformat(),
+              jax=jax.__version__, jaxlib=jaxlib.__version__, part=args.part)
+  log(json.dumps(meta))
+  if not args.skip_checks and not check_correctness(log):
+    log("CORRECTNESS FAILED: not timing")
+    sys.exit(1)
+  peaks = dict(read_tb_s=measure_read_bandwidth())
+  if args.part in ("large", "all"):
+    peaks["bf16_tflops"], peaks["int8_tops"] = measure_peak_matmul()
+  log(f"peaks {peaks}")
+  result = dict(meta=meta, peaks=peaks, spec=SPEC)
+  shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes.split(",")]
+  if args.part in ("sweep", "all"):
+    result["sweep"] = bench_decode_configs(log)
+  if args.part in ("decode", "large", "all"):
+    ms = dict(decode=DECODE_MS, large=LARGE_MS, all=DECODE_MS + LARGE_MS)[args.part]
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else ms
+    rows = []
+    for name, k, n in shapes:
+      rows += bench_matmul(name, k, n, ms, log, peaks)
+    result["matmul"] = rows
+  if args.part in ("fused", "all"):
+    result["fused"] = bench_fused(log)
+  tag = args.part
+  with open(os.path.join(out_dir, f"kernels_{tag}.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out_dir, f"kernels_{tag}.log"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  if "matmul" in result:
+    md = ["| shape | K | N | M | impl | µs | vs bf16 | packed HBM frac | int8 peak frac |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["matmul"]:
+      md.append(f"| {r['shape']} | {r['k']} | {r['n']} | {r['m']} | {r['impl']} | {r['us']:.1f} | "
+                f"{r['speedup_vs_bf16']:.2f} | "
+                f"{_fmt(r['packed_hbm_frac'])} | "
+                f"{r['int8_peak_frac']:.3f} |")
+    with open(os.path.join(out_dir, f"kernels_{tag}.md"), "w") as f:
+      f.write("\n".join(md) + "\n")
+    print("\nshape      M      bf16us  best-ternary        us   speedup  HBMfrac")
+    by = {}
+    for r in result["matmul"]:
+      by.setdefault((r["shape"], r["m"]), []).append(r)
+    for (s, m), rs in by.items():
+      base = next((r for r in rs if r["impl"] == "xla_bf16"), None)
+      tern = [r for r in rs if r["impl"].startswith(("pallas", "ternary"))]
+      if not base or not tern:
+        continue
+      best = min(tern, key=lambda r: r["us"])
+      print(f"{s:10s} {m:5d} {base['us']:9.1f}  {best['impl']:16s} {best['us']:9.1f} "
+            f"{best['speedup_vs_bf16']:7.2f}  {best['packed_hbm_frac'] or 0:6.2f}")
+
+
+if __name__ == "__main__":
+  main()
