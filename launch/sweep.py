@@ -58,7 +58,7 @@ _SBATCH = flags.DEFINE_multi_string("sbatch", [], "slurm: extra sbatch option fo
 
 
 @dataclasses.dataclass
-class Run:
+class SweepRun:
   """One entry of a sweep: its config argument, resolved config, workdir and status."""
   arg: str
   cfg: Config
@@ -119,7 +119,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
   return cfg
 
 
-def expand(experiment: str, scale: str, root: str, overrides: dict[str, str]) -> list[Run]:
+def expand(experiment: str, scale: str, root: str, overrides: dict[str, str]) -> list[SweepRun]:
   """The runs of `experiment`'s sweep(scale) with `overrides`, each with its workdir and status."""
   module = load_experiment(experiment)
   runs, seen = [], {}
@@ -135,11 +135,11 @@ def expand(experiment: str, scale: str, root: str, overrides: dict[str, str]) ->
     seen[workdir] = arg
     command = [sys.executable, "-m", "sbitnet.train", f"--config={experiment}:{arg}",
                *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={workdir}"]
-    runs.append(Run(arg, cfg, workdir, command, *run_status(workdir, cfg.train.steps)))
+    runs.append(SweepRun(arg, cfg, workdir, command, *run_status(workdir, cfg.train.steps)))
   return runs
 
 
-def listing(runs: list[Run]) -> str:
+def listing(runs: list[SweepRun]) -> str:
   lines = []
   for run in runs:
     at = f" at step {run.step}/{run.cfg.train.steps}" if run.status == "partial" else ""
@@ -165,7 +165,7 @@ def local_gpus(requested: int) -> list[str]:
   return ids if requested < 0 else ids[:requested]
 
 
-def run_local(runs: list[Run], gpus: list[str], gpus_per_run: int) -> int:
+def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int) -> int:
   """Trains the unfinished runs, one per group of `gpus_per_run` GPUs at a time (or one at a time
   on the CPU when `gpus` is empty); returns the number of runs that failed."""
   if gpus and len(gpus) < gpus_per_run:
@@ -176,7 +176,7 @@ def run_local(runs: list[Run], gpus: list[str], gpus_per_run: int) -> int:
     if run.status == "done":
       print(f"skip {run.cfg.name}: done ({run.workdir})", flush=True)
   pending = [r for r in runs if r.status != "done"]
-  active: dict[str | None, tuple[Run, subprocess.Popen]] = {}
+  active: dict[str | None, tuple[SweepRun, subprocess.Popen]] = {}
   failed = 0
   try:
     while pending or active:
@@ -209,7 +209,7 @@ def run_local(runs: list[Run], gpus: list[str], gpus_per_run: int) -> int:
   return failed
 
 
-def sbatch_script(runs: list[Run], name: str, root: str, nodes: int, gpus_per_node: int,
+def sbatch_script(runs: list[SweepRun], name: str, root: str, nodes: int, gpus_per_node: int,
                   options: list[str]) -> str:
   """An sbatch array job, task i training runs[i] on `nodes` x `gpus_per_node` GPUs (one process
   per GPU: sbitnet.distributed reads SLURM's variables). Requeue-friendly: a task requeues itself
