@@ -2,13 +2,14 @@
 
   python -m experiments.analyze --root=runs/nm [--out=runs/nm/analysis]
 
-Reads every `ROOT/*/config.json` and `metrics.jsonl` (the workdirs `python -m launch.sweep` makes;
-any training workdir works). Writes `OUT/results.md` (also printed) with, per finished run: precision,
-N:M pattern, sparse share of training, final validation PPL, its change against the dense run of the
-same precision and otherwise equal config (absolute and %), the zero fraction of W_eff and the last
-mask flip rate; unfinished runs are listed apart. Plots: `ppl_vs_sparsity.png` (PPL and % change vs
-sparsity 1 - N/M for BF16 and BitNet, runs sparse from scratch), `flip_rate.png` (flip rate over
-training, every sparse run) and `dense_to_sparse.png` (PPL vs sparse share p).
+Reads every `ROOT/*/config.json` and `metrics.jsonl` (the workdirs `python -m launch.sweep`
+makes; any training workdir works). Writes `OUT/results.md` (also printed) with, per finished
+run: precision, N:M pattern, sparse share of training, final validation PPL, its change against
+the dense run of the same precision and otherwise equal config (absolute and %), the zero
+fraction of W_eff and the last mask flip rate; unfinished runs are listed apart. Plots:
+`ppl_vs_sparsity.png` (PPL and % change vs sparsity 1 - N/M, BF16 and BitNet, runs sparse from
+scratch), `flip_rate.png` (flip rate over training, every sparse run) and `dense_to_sparse.png`
+(PPL vs the sparse share p of training).
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ def collect(root: str) -> tuple[list[RunResult], list[str]]:
   for run in runs:
     if run.sparse:
       run.dense = dense.get(comparable_key(run.cfg))
-  runs.sort(key=lambda r: (r.precision, r.cfg.model.preset, r.sparse, r.sparse_share < 100, r.sparsity,
-                           -r.cfg.sparsity.m, -r.sparse_share, r.name))
+  runs.sort(key=lambda r: (r.precision, r.cfg.model.preset, r.sparse, r.sparse_share < 100,
+                           r.sparsity, -r.cfg.sparsity.m, -r.sparse_share, r.name))
   return runs, unstarted
 
 

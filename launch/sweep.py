@@ -1,13 +1,13 @@
 """Expands an experiment file's `sweep(scale)` into training runs and runs them, locally or as a
-SLURM array job. Every run trains in `ROOT/<config name>-<hash of its config>` (experiments/runs.py),
-so running the same command again skips finished runs and resumes unfinished ones.
+SLURM array job. Every run trains in `ROOT/<config name>-<hash of its config>` (see
+experiments/runs.py), so the same command run again skips finished runs and resumes the others.
 
   python -m launch.sweep --experiment=experiments/nm_sweep.py --scale=small --root=runs/nm --dry-run
   python -m launch.sweep --experiment=experiments/nm_sweep.py --scale=small --root=runs/nm \\
       --backend=local [--gpus=4] [--set=train.steps=2000 --set=data.path=DIR]
-  python -m launch.sweep --experiment=experiments/four_arms.py --scale=paper --root=/scratch/4arms \\
-      --backend=slurm --nodes=4 --gpus_per_run=8 --sbatch=--partition=gpu --sbatch=--time=24:00:00 \\
-      --set=data.path=/data/refinedweb
+  python -m launch.sweep --experiment=experiments/four_arms.py --scale=paper \\
+      --root=/scratch/4arms --backend=slurm --nodes=4 --gpus_per_run=8 \\
+      --sbatch=--partition=gpu --sbatch=--time=24:00:00 --set=data.path=/data/refinedweb
   python -m experiments.analyze --root=runs/nm
 
 --dry-run lists each run (name, status done/partial/new, workdir, the exact command); with
@@ -78,8 +78,8 @@ def load_experiment(path: str) -> ModuleType:
   spec.loader.exec_module(module)
   missing = [f for f in ("get_config", "sweep") if not callable(getattr(module, f, None))]
   if missing:
-    raise ValueError(f"--experiment={path!r} defines no {' and no '.join(missing)}(); an experiment "
-                     "file for a sweep needs get_config(arg) and sweep(scale).")
+    raise ValueError(f"--experiment={path!r} defines no {' and no '.join(missing)}(); an "
+                     "experiment file for a sweep needs get_config(arg) and sweep(scale).")
   return module
 
 
@@ -126,7 +126,9 @@ def expand(experiment: str, scale: str, root: str, overrides: dict[str, str]) ->
   for arg in module.sweep(scale):
     cfg = apply_overrides(module.get_config(arg), overrides)
     # dtype "auto" would ask JAX for its backend, and so claim a GPU in this launcher process
-    model = cfg.model if cfg.model.dtype != "auto" else dataclasses.replace(cfg.model, dtype="float32")
+    model = cfg.model
+    if model.dtype == "auto":
+      model = dataclasses.replace(model, dtype="float32")
     validate(cfg, resolved_model(model, 0))
     workdir = os.path.join(root, workdir_name(cfg))
     if workdir in seen:
@@ -238,7 +240,8 @@ def sbatch_script(runs: list[SweepRun], name: str, root: str, nodes: int, gpus_p
       'srun --kill-on-bad-exit=1 "${RUN[@]}" &',
       "pid=$!",
       'wait "$pid"; code=$?',
-      'if kill -0 "$pid" 2>/dev/null; then wait "$pid"; code=$?; fi  # the trap woke the first wait',
+      '# the trap ends the first wait early; srun runs on until SLURM stops it',
+      'if kill -0 "$pid" 2>/dev/null; then wait "$pid"; code=$?; fi',
       'exit "$code"',
       ""])
 

@@ -40,7 +40,8 @@ def test_sweep_resumes_skips_and_analyzes(tmp_path):
     records = read_metrics(run.workdir)
     assert [r["step"] for r in records if "loss" in r] == [2, 4]  # resumed, not restarted
     assert any(r["step"] == steps and "val_ppl" in r for r in records)
-  logged = {r.workdir: open(os.path.join(r.workdir, "metrics.jsonl")).read() for r in (dense, sparse)}
+  logged = {r.workdir: open(os.path.join(r.workdir, "metrics.jsonl")).read()
+            for r in (dense, sparse)}
 
   again = run_module("launch.sweep", *flags)
   assert again.returncode == 0, again.stderr
@@ -55,7 +56,8 @@ def test_sweep_resumes_skips_and_analyzes(tmp_path):
   for run in (dense, sparse):
     records = read_metrics(run.workdir)
     final[run.workdir] = {"ppl": [r["val_ppl"] for r in records if "val_ppl" in r][-1],
-                          "zeros": [r["zero_fraction"] for r in records if "zero_fraction" in r][-1],
+                          "zeros": [r["zero_fraction"] for r in records
+                                    if "zero_fraction" in r][-1],
                           "flips": [r["flip_rate"] for r in records if "flip_rate" in r]}
   d, s = final[dense.workdir], final[sparse.workdir]
   assert rows[os.path.basename(dense.workdir)][1:] == [
