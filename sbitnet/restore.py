@@ -37,7 +37,11 @@ def read_config(workdir: str) -> tuple[Config, ModelConfig]:
     raise FileNotFoundError(f"No config.json in {workdir!r}: give the --workdir of a training run "
                             "(or of `python -m sbitnet.convert`).")
   with open(path) as f:
-    saved = json.load(f)
+    return config_from_json(json.load(f))
+
+
+def config_from_json(saved: dict) -> tuple[Config, ModelConfig]:
+  """The contents of a `config.json` -> (Config, resolved ModelConfig)."""
   raw = saved["config"]
   cfg = Config(name=raw.get("name", "run"),
                **{k: cls(**raw[k]) for k, cls in SECTIONS.items() if k in raw})

@@ -2,7 +2,8 @@
 
 Requests run in batches of `batch_size` rows, right-padded to a bucketed length (the next power of
 two, at least 16, at most `max_length`), so at most log2(max_length) shapes compile. Right padding
-is invisible to a causal model: position t attends to positions <= t only.
+is invisible to a causal model: position t attends to positions <= t only. Generation uses the KV
+cache of `sbitnet.infer.generation`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sbitnet.infer.generation import Generator
 from sbitnet.models import DecoderLM
 
 TokenPair = tuple[Sequence[int], Sequence[int]]
@@ -46,31 +48,13 @@ def make_token_scores(graphdef: nnx.GraphDef):
   return token_scores
 
 
-def make_greedy_step(graphdef: nnx.GraphDef):
-  """`(params, tokens, lengths)` -> (tokens with each row's argmax next token written at
-  `lengths[b]`, lengths + 1); tokens int32 `[B, T]`, lengths int32 `[B]`."""
-
-  def greedy_step(params: nnx.State, tokens: jax.Array, lengths: jax.Array):
-    model = nnx.merge(graphdef, params)
-    hidden = model.hidden_states(tokens)
-    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    logits = jnp.dot(last, model.head_weight().astype(last.dtype),
-                     preferred_element_type=jnp.float32)
-    rows = jnp.arange(tokens.shape[0])
-    position = jnp.minimum(lengths, tokens.shape[1] - 1)
-    next_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return tokens.at[rows, position].set(next_tokens), lengths + 1
-
-  return greedy_step
-
-
 class Scorer:
   """Batched, jitted log-likelihoods and greedy continuations of token sequences for `model`."""
 
   def __init__(self, model: DecoderLM, *, batch_size: int = 8, max_length: int | None = None):
     graphdef, self.params = nnx.split(model, nnx.Param)
     self._token_scores = jax.jit(make_token_scores(graphdef))
-    self._greedy_step = jax.jit(make_greedy_step(graphdef), donate_argnums=1)
+    self._generator = Generator(model)
     self.batch_size = batch_size
     self.max_length = max_length or model.model_cfg.max_positions
 
@@ -117,24 +101,9 @@ class Scorer:
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), self.batch_size):
       batch = order[start:start + self.batch_size]
-      length = bucket(len(prompts[batch[0]]) + max_new_tokens, self.max_length)
-      tokens = np.zeros((self.batch_size, length), np.int32)
-      lengths = np.ones((self.batch_size,), np.int32)
-      for r, i in enumerate(batch):
-        tokens[r, :len(prompts[i])] = prompts[i]
-        lengths[r] = len(prompts[i])
-      tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
-      finished = [False] * len(batch)
-      for _ in range(max_new_tokens):
-        positions = np.asarray(lengths)
-        tokens, lengths = self._greedy_step(self.params, tokens, lengths)
-        new = np.asarray(tokens[np.arange(len(batch)), positions[:len(batch)]])
-        for r, i in enumerate(batch):
-          if not finished[r]:
-            results[i].append(int(new[r]))
-            finished[r] = done(results[i])
-        if all(finished):
-          break
+      new = self._generator.generate([prompts[i] for i in batch], max_new_tokens, done=done)
+      for i, ids in zip(batch, new):
+        results[i] = ids
     return results
 
 

@@ -8,13 +8,13 @@ leading `layers` axis and compile time does not grow with depth.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbitnet.nn import DecoderBlock, RMSNorm, SparseBitLinear, rope_tables
+from sbitnet.nn import DecoderBlock, KVCache, RMSNorm, SparseBitLinear, rope_tables
 from sbitnet.sharding import constrain
 
 if TYPE_CHECKING:
@@ -43,8 +43,10 @@ def linear_factory(cfg: Config, model: ModelConfig, sparse: bool = True):
 
 class DecoderLM(nnx.Module):
 
-  def __init__(self, cfg: Config, model: ModelConfig, *, rngs: nnx.Rngs, sparse: bool = True):
-    """`model` is the resolved ModelConfig; `sparse=False` builds it dense (dense-to-sparse)."""
+  def __init__(self, cfg: Config, model: ModelConfig, *, rngs: nnx.Rngs, sparse: bool = True,
+               linear: Callable[..., nnx.Module] | None = None):
+    """`model` is the resolved ModelConfig; `sparse=False` builds it dense (dense-to-sparse).
+    `linear` replaces the config's `SparseBitLinear` constructor (the packed inference layer)."""
     self.model_cfg = model
     self.dtype = jnp.dtype(model.dtype)
     head_dim = model.d_model // model.n_heads
@@ -52,7 +54,7 @@ class DecoderLM(nnx.Module):
     self.embedding = nnx.Param(
         nnx.initializers.normal(0.02)(rngs.params(), (model.vocab_size, model.d_model)),
         out_sharding=("vocab", "embed"), eager_sharding=False)
-    linear = linear_factory(cfg, model, sparse)
+    linear = linear or linear_factory(cfg, model, sparse)
 
     @nnx.split_rngs(splits=model.n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -67,13 +69,23 @@ class DecoderLM(nnx.Module):
         nnx.initializers.normal(0.02)(rngs.params(), (model.d_model, model.vocab_size)),
         out_sharding=("embed", "vocab"), eager_sharding=False)
 
-  def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-    """tokens int32 `[B, T]` -> final-normed hidden states `[B, T, d_model]` in the compute dtype."""
+  def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
+                    cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """tokens int32 `[B, T]` -> final-normed hidden states `[B, T, d_model]` in the compute dtype.
+
+    With a `cache` (inference, from `empty_cache`), the tokens continue each row at slot
+    `cache.lengths[b]` (their default positions), and the result is `(hidden states, the cache
+    holding their keys and values, lengths + T)`; see `Attention.with_cache` for T > 1.
+    """
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None]
+      if cache is not None:
+        positions = positions + cache.lengths[:, None]
     cos, sin = rope_tables(positions, self.head_dim, self.model_cfg.rope_theta)
     activation = ("batch", "seq", None)
     x = constrain(jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype), activation)
+    if cache is not None:
+      return self._blocks_with_cache(x, cos, sin, cache)
 
     def apply_block(x, block):
       return constrain(block(x, cos, sin), activation)
@@ -82,6 +94,22 @@ class DecoderLM(nnx.Module):
       apply_block = nnx.remat(apply_block, policy=REMAT_POLICIES[self.model_cfg.remat])
     x = nnx.scan(apply_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
     return self.final_norm(x)
+
+  def _blocks_with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                         cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def apply_block(x, block, keys_values):
+      x, layer = block.with_cache(x, cos, sin, KVCache(*keys_values, cache.lengths))
+      return x, (layer.keys, layer.values)
+
+    x, (keys, values) = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0),
+                                 out_axes=(nnx.Carry, 0))(x, self.blocks,
+                                                          (cache.keys, cache.values))
+    return self.final_norm(x), KVCache(keys, values, cache.lengths + x.shape[1])
+
+  def empty_cache(self, batch: int, max_len: int) -> KVCache:
+    """A KV cache of `max_len` slots for `batch` sequences, in the compute dtype."""
+    cfg = self.model_cfg
+    return KVCache.empty(cfg.n_layers, batch, max_len, cfg.n_kv_heads, self.head_dim, self.dtype)
 
   def head_weight(self) -> jax.Array:
     """The LM head `[d_model, vocab]` (the embedding table transposed when tied), float32."""

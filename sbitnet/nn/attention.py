@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sbitnet.nn.kv_cache import KVCache
 from sbitnet.nn.linear import SparseBitLinear
 from sbitnet.nn.rope import apply_rope
 
@@ -34,13 +35,38 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x `[B, T, d_model]`, cos/sin `[B or 1, T, head_dim]` -> `[B, T, d_model]`."""
+    queries, keys, values = self._project(x, cos, sin)
+    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
+                                       implementation=self.implementation)
+    return self.o(out.reshape(*x.shape[:2], -1))
+
+  def with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Attention of `x` `[B, T, d_model]` that also stores its keys and values in this layer's
+    `cache` (at slots `cache.lengths[b] + t`; lengths are left to the caller).
+
+    T == 1 (decode): each row's query attends to its slots `0 .. lengths[b]`. T > 1 (prefill):
+    the cache must be empty (lengths 0) and the tokens attend causally among themselves, as in
+    `__call__`. Returns (`[B, T, d_model]`, the updated cache).
+    """
+    queries, keys, values = self._project(x, cos, sin)
+    cache = cache.write(keys, values)
+    if x.shape[1] == 1:
+      out = jax.nn.dot_product_attention(queries, cache.keys, cache.values,
+                                         key_value_seq_lengths=cache.lengths + 1)
+    else:
+      out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
+                                         implementation=self.implementation)
+    return self.o(out.reshape(*x.shape[:2], -1)), cache
+
+  def _project(self, x: jax.Array, cos: jax.Array,
+               sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries `[B, T, n_heads, head_dim]` and keys, values `[B, T, n_kv_heads, head_dim]`, with
+    RoPE applied to queries and keys."""
     b, t, _ = x.shape
     q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
     qkv = self.qkv(x)
     queries = qkv[..., :q].reshape(b, t, self.n_heads, self.head_dim)
     keys = qkv[..., q:q + kv].reshape(b, t, self.n_kv_heads, self.head_dim)
     values = qkv[..., q + kv:].reshape(b, t, self.n_kv_heads, self.head_dim)
-    queries, keys = apply_rope(queries, cos, sin), apply_rope(keys, cos, sin)
-    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
-                                       implementation=self.implementation)
-    return self.o(out.reshape(b, t, q))
+    return apply_rope(queries, cos, sin), apply_rope(keys, cos, sin), values

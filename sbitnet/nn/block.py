@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from sbitnet.nn.attention import Attention
+from sbitnet.nn.kv_cache import KVCache
 from sbitnet.nn.linear import SparseBitLinear
 from sbitnet.nn.mlp import SwiGLU
 from sbitnet.nn.norm import RMSNorm
@@ -28,3 +29,10 @@ class DecoderBlock(nnx.Module):
     """x `[B, T, d_model]` -> same shape and dtype."""
     x = x + self.attn(self.attn_norm(x), cos, sin)
     return x + self.mlp(self.mlp_norm(x))
+
+  def with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """`__call__` that also stores this layer's keys and values (see `Attention.with_cache`)."""
+    attn, cache = self.attn.with_cache(self.attn_norm(x), cos, sin, cache)
+    x = x + attn
+    return x + self.mlp(self.mlp_norm(x)), cache

@@ -1,0 +1,39 @@
+"""The key/value cache of incremental decoding: a pytree of per-sequence keys, values and lengths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+  """Keys and values of the tokens seen so far, one row per sequence.
+
+  keys, values: `[B, S, kv_heads, head_dim]` for one attention layer, or
+    `[layers, B, S, kv_heads, head_dim]` for a whole model (the scan over blocks slices it).
+  lengths: int32 `[B]`, tokens held per sequence: slots `0 .. lengths[b] - 1` are valid, and the
+    token in slot s has position s (sequences are right-padded).
+  """
+  keys: jax.Array
+  values: jax.Array
+  lengths: jax.Array
+
+  @classmethod
+  def empty(cls, layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
+            dtype: jnp.dtype) -> KVCache:
+    """An all-zero cache of `max_len` slots per sequence, lengths 0."""
+    shape = (layers, batch, max_len, kv_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+  def write(self, keys: jax.Array, values: jax.Array) -> KVCache:
+    """One layer's cache with `keys`/`values` `[B, T, kv_heads, head_dim]` stored at slots
+    `lengths[b] .. lengths[b] + T - 1` of each row (lengths unchanged; the caller must leave room:
+    a write past the last slot is clamped by `dynamic_update_slice`)."""
+    put = jax.vmap(lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(
+        buf, new.astype(buf.dtype), start, axis=0))
+    return dataclasses.replace(self, keys=put(self.keys, keys, self.lengths),
+                               values=put(self.values, values, self.lengths))
