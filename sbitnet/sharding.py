@@ -61,12 +61,11 @@ def logical_to_mesh(spec: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P
   axes = []
   for name, size in zip(spec, shape):
     axis = LOGICAL_RULES[name] if name is not None else None
-    if axis is not None and mesh.shape[axis] > 1 and size % mesh.shape[axis]:
+    if axis is not None and size % mesh.shape[axis]:
       logging.warning("Logical axis %r of size %d does not divide over mesh axis %r of size %d "
                       "(shape %s): replicated instead.", name, size, axis, mesh.shape[axis], shape)
-    if axis is not None and (mesh.shape[axis] == 1 or size % mesh.shape[axis]):
-      axis = None
-    axes.append(axis)
+    axes.append(None if axis is None or mesh.shape[axis] == 1 or size % mesh.shape[axis]
+                else axis)
   return P(*axes)
 
 
@@ -90,8 +89,8 @@ def check_nm_shards(layers: dict[str, Any], mesh: Mesh) -> None:
           f"Layer {name!r}: its contraction axis ({names[-2]!r}, size {size}) is split over mesh "
           f"axis {axis!r} of size {shards} (mesh {dict(mesh.shape)}), so a shard would hold "
           f"{size / shards:g} inputs, not a whole number of {m}-wide N:M groups. Use "
-          f"mesh.{axis} in {valid} (sizes that keep {size} // {shards} a multiple of m={m}), or "
-          f"another pattern or model size.")
+          f"mesh.{axis} in {valid} (sizes k with {size} / k a multiple of m={m}), or another "
+          "pattern or model size.")
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
