@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging as logging_std
 import os
 import sys
-from typing import Callable
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from sbitnet.checkpoint import CheckpointMismatch
@@ -18,6 +16,12 @@ USER_ERRORS = (ConfigError, CheckpointMismatch, ValueError, FileNotFoundError, I
 
 
 def define_config_flag() -> flags.FlagHolder:
+  """The --config flag. ml_collections reads `--config.<path>` overrides from sys.argv right here,
+  so unknown fields are reported (cleanly, exit 2) before it sees them."""
+  try:
+    check_override_paths(sys.argv[1:])
+  except ConfigError as e:
+    fail(str(e))
   return config_flags.DEFINE_config_file(
       "config", DEFAULT_CONFIG,
       "Experiment config file `path/to/file.py[:arg]` defining get_config(arg); fields are "
@@ -43,11 +47,3 @@ def fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
 
-
-def run_main(main: Callable[[list[str]], None]) -> None:
-  """`app.run(main)`, with unknown `--config.` fields reported before absl parses them."""
-  try:
-    check_override_paths(sys.argv[1:])
-  except ConfigError as e:
-    fail(str(e))
-  app.run(main)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from absl import flags, logging
+from absl import app, flags, logging
 
-from sbitnet.cli import USER_ERRORS, define_config_flag, fail, quiet_library_logs, run_main
+from sbitnet.cli import USER_ERRORS, define_config_flag, fail, quiet_library_logs
 from sbitnet.plot import plot_run
 
 _CONFIG = define_config_flag()
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  run_main(main)
+  app.run(main)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_pulse_each_arm(arm, tmp_path):
 def test_dense_to_sparse_switches_half_way(tmp_path):
   workdir = tmp_path / "d2s"
   result = run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(
-      str(tmp_path / "cache"), **{"sparsity.start_fraction": 0.5}))
+      str(tmp_path / "cache"), **{"sparsity.start_fraction": 0.5, "quant.weights": "none"}))
   assert result.returncode == 0, result.stderr[-3000:]
   records = read_metrics(workdir)
   assert [r["sparse"] for r in records if "sparse" in r] == [False, True]
