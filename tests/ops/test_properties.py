@@ -11,7 +11,7 @@ from tests.ops import reference
 patterns = st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (6, 8), (7, 8), (5, 16)])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(pattern=patterns, groups=st.integers(1, 4), cols=st.integers(1, 5), seed=st.integers(0, 2**31),
        ties=st.booleans())
 def test_mask_properties(pattern, groups, cols, seed, ties):
@@ -27,7 +27,7 @@ def test_mask_properties(pattern, groups, cols, seed, ties):
   assert (kept >= dropped).all()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(pattern=patterns, groups=st.integers(1, 4), cols=st.integers(1, 6), seed=st.integers(0, 2**31))
 def test_effective_weight_properties(pattern, groups, cols, seed):
   n, m = pattern
