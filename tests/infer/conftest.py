@@ -1,0 +1,55 @@
+"""Fixtures: a tiny Sparse BitNet run trained by the test, its packed checkpoint, and oracles."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sbitnet.infer.export import pack_model, save_packed
+from sbitnet.restore import load_run
+from tests.train.helpers import cli_flags, run_cli
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+  """A 6:8 Sparse BitNet run (the default arm) of the shared tiny config, trained for 4 steps."""
+  root = tmp_path_factory.mktemp("infer_run")
+  result = run_cli("sbitnet.train", f"--workdir={root / 'run'}", *cli_flags(str(root / "cache")))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return str(root / "run")
+
+
+@pytest.fixture(scope="session")
+def loaded(workdir):
+  return load_run(workdir)
+
+
+@pytest.fixture(scope="session")
+def packed(loaded):
+  return pack_model(loaded.model, loaded.cfg)
+
+
+@pytest.fixture(scope="session")
+def packed_file(loaded, packed, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("packed") / "model.npz")
+  save_packed(path, packed, loaded.cfg, loaded.tokenizer.spec, loaded.step)
+  return path
+
+
+def greedy_by_recompute(model, prompt, steps):
+  """The oracle: re-runs the whole sequence through `model` for every new token."""
+  seq = list(prompt)
+  for _ in range(steps):
+    seq.append(int(jnp.argmax(model(jnp.asarray([seq]))[0, -1])))
+  return seq[len(prompt):]
+
+
+PROMPTS = ["def ", "import numpy as np\n", "x = 1"]
+
+
+@pytest.fixture(scope="session")
+def prompts(loaded):
+  return [loaded.tokenizer.encode(p) for p in PROMPTS]
+
+
+def assert_close(a, b, tol=1e-4):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
