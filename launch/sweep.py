@@ -52,6 +52,9 @@ _SET = flags.DEFINE_multi_string("set", [], "field=value override applied to eve
 _GPUS = flags.DEFINE_integer("gpus", -1, "local: GPUs to use (-1: those in CUDA_VISIBLE_DEVICES, "
                              "else those nvidia-smi lists; 0: run on the CPU, one run at a time).")
 _GPUS_PER_RUN = flags.DEFINE_integer("gpus_per_run", 1, "GPUs of one run (slurm: per node).")
+_RUNS_PER_GPU = flags.DEFINE_integer("runs_per_gpu", 1, "local: runs sharing each GPU group at "
+                                     "once (small models leave a large GPU idle); each gets "
+                                     "0.9/k of the GPU memory.")
 _NODES = flags.DEFINE_integer("nodes", 1, "slurm: nodes of one run.")
 _SBATCH = flags.DEFINE_multi_string("sbatch", [], "slurm: extra sbatch option for the array job, "
                                     "e.g. --sbatch=--partition=gpu; repeatable.")
@@ -167,29 +170,36 @@ def local_gpus(requested: int) -> list[str]:
   return ids if requested < 0 else ids[:requested]
 
 
-def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int) -> int:
-  """Trains the unfinished runs, one per group of `gpus_per_run` GPUs at a time (or one at a time
-  on the CPU when `gpus` is empty); returns the number of runs that failed."""
+def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int,
+              runs_per_gpu: int = 1) -> int:
+  """Trains the unfinished runs, `runs_per_gpu` at a time on each group of `gpus_per_run` GPUs
+  (or one at a time on the CPU when `gpus` is empty); returns the number of runs that failed."""
   if gpus and len(gpus) < gpus_per_run:
     raise ValueError(f"--gpus_per_run={gpus_per_run} but only {len(gpus)} GPUs are in use.")
-  slots = ([",".join(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus) - gpus_per_run + 1,
-                                                              gpus_per_run)] or [None])
+  if runs_per_gpu < 1:
+    raise ValueError(f"--runs_per_gpu={runs_per_gpu} must be >= 1.")
+  groups = [",".join(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus) - gpus_per_run + 1,
+                                                              gpus_per_run)]
+  slots = [(k, group) for k, group in enumerate(groups * runs_per_gpu)] or [(0, None)]
+  shared = {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / runs_per_gpu:.3f}"} if runs_per_gpu > 1 else {}
   for run in runs:
     if run.status == "done":
       print(f"skip {run.cfg.name}: done ({run.workdir})", flush=True)
   pending = [r for r in runs if r.status != "done"]
-  active: dict[str | None, tuple[SweepRun, subprocess.Popen]] = {}
+  active: dict[tuple[int, str | None], tuple[SweepRun, subprocess.Popen]] = {}
   failed = 0
   try:
     while pending or active:
       for slot in [s for s in slots if s not in active][:len(pending)]:
         run = pending.pop(0)
         os.makedirs(run.workdir, exist_ok=True)
-        env = dict(os.environ) if slot is None else {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
+        group = slot[1]
+        env = (dict(os.environ) if group is None else
+               {**os.environ, **shared, "CUDA_VISIBLE_DEVICES": group})
         with open(os.path.join(run.workdir, "train.log"), "a") as log:
           active[slot] = run, subprocess.Popen(run.command, env=env, stdout=log,
                                                stderr=subprocess.STDOUT)
-        where = "the CPU" if slot is None else f"GPU {slot}"
+        where = "the CPU" if group is None else f"GPU {group}"
         how = f"resume from step {run.step}" if run.status == "partial" else "start"
         print(f"{how} {run.cfg.name} on {where} ({run.workdir})", flush=True)
       time.sleep(POLL_SECONDS)
@@ -270,7 +280,7 @@ def main(argv: list[str]) -> None:
       if _DRY_RUN.value:
         print(listing(runs))
         return
-      failed = run_local(runs, local_gpus(_GPUS.value), _GPUS_PER_RUN.value)
+      failed = run_local(runs, local_gpus(_GPUS.value), _GPUS_PER_RUN.value, _RUNS_PER_GPU.value)
       sys.exit(f"{failed} of {len(runs)} runs failed." if failed else 0)
     todo = [r for r in runs if r.status != "done"]
     print(listing(runs), file=sys.stderr if _DRY_RUN.value else sys.stdout)

@@ -144,6 +144,14 @@ def test_local_backend_gives_each_run_its_gpus(tmp_path, capfd):
   assert [run_status(r.workdir, 300)[0] for r in runs] == ["done"] * 3 + ["partial"]
 
 
+def test_local_backend_shares_a_gpu_between_runs(tmp_path):
+  runs = _stand_in_runs(tmp_path, [0, 0, 0])
+  assert sweep.run_local(runs, ["2"], gpus_per_run=1, runs_per_gpu=3) == 0
+  assert [open(os.path.join(r.workdir, "gpus")).read() for r in runs] == ["2"] * 3
+  with pytest.raises(ValueError, match="--runs_per_gpu=0 must be >= 1"):
+    sweep.run_local(runs, ["2"], gpus_per_run=1, runs_per_gpu=0)
+
+
 def test_local_backend_on_cpu_runs_one_at_a_time(tmp_path, monkeypatch):
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
   runs = _stand_in_runs(tmp_path, [0, 0])
