@@ -1,5 +1,6 @@
 """Fixtures: a tiny Sparse BitNet run trained by the test, its packed checkpoint, and oracles."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,11 +36,24 @@ def packed_file(loaded, packed, tmp_path_factory):
   return path
 
 
+def full_logits(model, seq, width=64):
+  """The oracle: float32 logits `[len(seq), vocab]` of one full causal forward pass (right-padded
+  to `width`, which a causal model cannot see)."""
+  tokens = np.zeros((1, width), np.int32)
+  tokens[0, :len(seq)] = seq
+  return _forward(model, jnp.asarray(tokens))[0, :len(seq)]
+
+
+@jax.jit
+def _forward(model, tokens):
+  return model(tokens)
+
+
 def greedy_by_recompute(model, prompt, steps):
   """The oracle: re-runs the whole sequence through `model` for every new token."""
   seq = list(prompt)
   for _ in range(steps):
-    seq.append(int(jnp.argmax(model(jnp.asarray([seq]))[0, -1])))
+    seq.append(int(jnp.argmax(full_logits(model, seq)[-1])))
   return seq[len(prompt):]
 
 
