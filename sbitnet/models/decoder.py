@@ -127,10 +127,6 @@ class DecoderLM(nnx.Module):
     return {"/".join(map(str, path)): module for path, module in nnx.iter_modules(self)
             if isinstance(module, SparseBitLinear)}
 
-  def set_sparsity(self, n: int | None, m: int | None) -> None:
-    for layer in self.sparse_layers().values():
-      layer.with_sparsity(n, m)
-
 
 def parameter_counts(model: ModelConfig) -> dict[str, int]:
   """Parameters: linear (the SparseBitLinear kernels), embedding, head (0 when tied), total."""
