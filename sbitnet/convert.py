@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from sbitnet.cli import USER_ERRORS, fail
+from sbitnet.cli import USER_ERRORS, fail, quiet_library_logs
 
 _FROM_HF = flags.DEFINE_string("from-hf", None, "Local HF model directory to import.")
 _TO_HF = flags.DEFINE_string("to-hf", None, "Directory to export the run in --workdir to.")
@@ -31,6 +31,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty outpu
 
 def main(argv: list[str]) -> None:
   del argv
+  quiet_library_logs()
   from sbitnet.interop.hf_convert import export_hf, import_hf
   if (_FROM_HF.value is None) == (_TO_HF.value is None):
     fail("give exactly one of --from-hf=HF_DIR (import into --workdir) or --to-hf=OUT_DIR "

@@ -9,7 +9,7 @@ import jax
 from absl import app, flags
 from flax import nnx
 
-from sbitnet.cli import USER_ERRORS, fail
+from sbitnet.cli import USER_ERRORS, fail, quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -19,6 +19,7 @@ _BATCHES = flags.DEFINE_integer("batches", None, "Validation batches (default: t
 
 def main(argv: list[str]) -> None:
   del argv
+  quiet_library_logs()
   from sbitnet import data as data_lib
   from sbitnet.restore import load_run
   from sbitnet.sharding import batch_sharding, make_mesh

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from sbitnet.cli import USER_ERRORS, fail
+from sbitnet.cli import USER_ERRORS, fail, quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Packed checkpoint file to write (.npz).", required=True)
@@ -18,6 +18,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 
 def main(argv: list[str]) -> None:
   del argv
+  quiet_library_logs()
   from sbitnet.infer.export import check_packable, pack_model, save_packed, size_report
   from sbitnet.restore import load_run, read_config
   try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from sbitnet.cli import USER_ERRORS, fail
+from sbitnet.cli import USER_ERRORS, fail, quiet_library_logs
 
 _MODEL = flags.DEFINE_string("model", None, "Packed checkpoint (.npz).", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", ["def "], "Text to continue (repeat for a batch).")
@@ -24,6 +24,7 @@ _IMPLEMENTATION = flags.DEFINE_enum("implementation", None, ["xla", "pallas"],
 
 def main(argv: list[str]) -> None:
   del argv
+  quiet_library_logs()
   import jax
 
   from sbitnet.infer.export import load_packed

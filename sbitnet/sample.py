@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from sbitnet.cli import USER_ERRORS, fail
+from sbitnet.cli import USER_ERRORS, fail, quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _PROMPT = flags.DEFINE_string("prompt", "def ", "Text to continue.")
@@ -21,6 +21,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 def main(argv: list[str]) -> None:
   del argv
+  quiet_library_logs()
   import jax
 
   from sbitnet.infer.generation import Generator
