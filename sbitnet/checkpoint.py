@@ -36,9 +36,11 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           enable_async_checkpointing=async_save,
-                                           read_only=read_only)
+    # "read_only" opens an existing directory without creating or pruning anything (orbax's own
+    # read_only mode logs warnings on every open).
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                           create=not read_only,
+                                           enable_async_checkpointing=async_save and not read_only)
     self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                          item_names=("params", "opt_state", "loop", "meta"))
 
