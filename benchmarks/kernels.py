@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
+from sbitnet.kernels.ternary_matmul.pack import unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8  # noqa: E402
 
@@ -163,6 +164,12 @@ def bench_matmul(name, k, n, ms, log, peaks):
                                                     implementation="pallas"),
                         [(x, q) for q in ps]),
     }
+    if m <= config_lib.DECODE_MAX_M:
+      # Whether XLA fuses the 2-bit unpack into its own GEMV (bf16 dot at default precision).
+      impls["ternary_xla_fused"] = (
+          lambda x, p: (jnp.dot(x, unpack_codes(p.codes)[:k].astype(x.dtype),
+                                preferred_element_type=jnp.float32) * p.scale).astype(x.dtype),
+          [(x, q) for q in ps])
     if m > config_lib.DECODE_MAX_M:
       impls["ternary_xla_int8"] = (
           lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="xla"),
