@@ -7,6 +7,8 @@ standard library's source code, in `runs/<config name>`.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 from absl import app, flags, logging
 
@@ -38,6 +40,10 @@ def main(argv: list[str]) -> None:
   except USER_ERRORS as e:
     fail(str(e))
   summary = train_run(run, _STOP_AT.value)
+  if summary["stopped_by"]:  # exit as if killed by the signal; the next run resumes
+    print(f"Stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint in "
+          f"{summary['checkpoints']}.", flush=True)
+    sys.exit(128 + signal.Signals[summary["stopped_by"]].value)
   if host:  # metrics, plots and the summary belong to host 0
     return
   png = plot_run(workdir)

@@ -22,6 +22,7 @@ from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
 from sbitnet.sharding import batch_sharding, check_nm_shards, make_mesh, with_mesh
 from sbitnet.train import schedules
 from sbitnet.train.optimizer import make_optimizer
+from sbitnet.train.preemption import StopRequest
 from sbitnet.train.progress import Progress
 from sbitnet.train.state import TrainState, create_train_state
 from sbitnet.train.step import (evaluate, flip_rate, make_eval_step, make_stats_step,
@@ -166,48 +167,59 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
           f"({'step %d' % latest if latest is not None else 'none'}) in {run.workdir} is intact. "
           "Try a lower train.lr, a longer warm-up, or train.grad_clip.")
 
-  try:
-    last = tr.steps if stop_at is None else min(stop_at, tr.steps)
-    for step in range(start, last):
-      dense_phase = step < switch_step
-      batch = global_batch(next(iterator), batch_shard)
-      state, metrics = (dense_step if dense_phase else sparse_step)(state, batch)
-      pending_losses.append(metrics["loss"])
-      done = step + 1
-      if done % tr.log_every == 0 or done == last:
-        check_finite(done)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - timer
-        tokens_per_s = (done - timer_step) * tokens_per_step / elapsed
-        timer_step, timer = done, time.perf_counter()
-        record = {**metrics, "tokens_per_s": tokens_per_s, "sparse": not dense_phase}
-        if peak:
-          record["mfu"] = tokens_per_s * flops_per_token / (peak * jax.device_count())
-        writer.write(done, record)
-        progress.update(done, metrics["loss"], last_eval.get("val_ppl"))
-      else:
-        progress.update(done)
-      if done % tr.stats_every == 0 or done == last:
-        masks, stats = (dense_stats_step if dense_phase else stats_step)(state.params)
-        if masks and prev_masks is not None and masks.keys() == prev_masks.keys():
-          stats["flip_rate"] = flip_rate(prev_masks, masks, mask_sizes)
-        prev_masks = masks or None
-        writer.write(done, stats)
-      if done % tr.eval_every == 0 or done == last:
-        last_eval = evaluate(eval_step, state.params, val_batches)
-        writer.write(done, last_eval)
-        logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
-                     last_eval["val_ppl"])
-      if done % tr.checkpoint_every == 0 or done == last:
-        check_finite(done)
-        checkpointer.save(state, iterator.get_state(), meta)
-  finally:
-    progress.close()
-    checkpointer.wait()
-    writer.close()
+  stopped_by = None
+  with StopRequest() as stop:
+    try:
+      last = tr.steps if stop_at is None else min(stop_at, tr.steps)
+      for step in range(start, last):
+        dense_phase = step < switch_step
+        batch = global_batch(next(iterator), batch_shard)
+        state, metrics = (dense_step if dense_phase else sparse_step)(state, batch)
+        pending_losses.append(metrics["loss"])
+        done = step + 1
+        if done % tr.log_every == 0 or done == last:
+          check_finite(done)
+          metrics = jax.device_get(metrics)
+          elapsed = time.perf_counter() - timer
+          tokens_per_s = (done - timer_step) * tokens_per_step / elapsed
+          timer_step, timer = done, time.perf_counter()
+          record = {**metrics, "tokens_per_s": tokens_per_s, "sparse": not dense_phase}
+          if peak:
+            record["mfu"] = tokens_per_s * flops_per_token / (peak * jax.device_count())
+          writer.write(done, record)
+          progress.update(done, metrics["loss"], last_eval.get("val_ppl"))
+        else:
+          progress.update(done)
+        if done % tr.stats_every == 0 or done == last:
+          masks, stats = (dense_stats_step if dense_phase else stats_step)(state.params)
+          if masks and prev_masks is not None and masks.keys() == prev_masks.keys():
+            stats["flip_rate"] = flip_rate(prev_masks, masks, mask_sizes)
+          prev_masks = masks or None
+          writer.write(done, stats)
+        if done % tr.eval_every == 0 or done == last:
+          last_eval = evaluate(eval_step, state.params, val_batches)
+          writer.write(done, last_eval)
+          logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
+                       last_eval["val_ppl"])
+        # Several processes agree on stopping only at steps they all log, one process at any step.
+        stopping = ((jax.process_count() == 1 or done % tr.log_every == 0) and done < last and
+                    stop.agreed())
+        if done % tr.checkpoint_every == 0 or done == last or stopping:
+          check_finite(done)
+          checkpointer.save(state, iterator.get_state(), meta)
+        if stopping:
+          stopped_by = stop.name
+          logging.warning("Got %s: checkpointed at step %d in %s and stopping; the next run "
+                          "resumes there.", stopped_by, done, checkpointer.manager.directory)
+          break
+    finally:
+      progress.close()
+      checkpointer.wait()
+      writer.close()
 
-  if not last_eval:
+  if not last_eval and stopped_by is None:
     last_eval = evaluate(eval_step, state.params, val_batches)
-  return {"step": int(state.step), **last_eval, "unigram_ppl": run.splits.unigram_ppl_val,
+  return {"step": int(state.step), **last_eval, "stopped_by": stopped_by,
+          "unigram_ppl": run.splits.unigram_ppl_val,
           "workdir": run.workdir, "metrics": writer.path,
           "checkpoints": str(checkpointer.manager.directory)}

@@ -1,0 +1,48 @@
+"""A stop signal (SIGTERM on preemption or requeue) checkpoints at the next step and the next run
+resumes there."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sbitnet.checkpoint import Checkpointer
+from tests.train.helpers import cli_flags, run_cli
+
+RARE = 10_000
+
+
+def logged_steps(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [r["step"] for r in map(json.loads, f) if "loss" in r]
+
+
+def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  flags = cli_flags(str(tmp_path / "cache"), **{
+      "train.steps": RARE, "train.log_every": 1, "train.checkpoint_every": RARE,
+      "train.eval_every": RARE, "train.stats_every": RARE})
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.Popen([sys.executable, "-m", "sbitnet.train", f"--workdir={workdir}", *flags],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while len(logged_steps(workdir)) < 3:
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "training did not log 3 steps"
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert "Stopped by SIGTERM" in out
+  saved = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).latest_step()
+  assert saved is not None and saved >= 3 and saved == logged_steps(workdir)[-1]
+
+  resumed = run_cli("sbitnet.train", f"--workdir={workdir}", f"--stop_at={saved + 2}", *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert logged_steps(workdir)[-2:] == [saved + 1, saved + 2]
