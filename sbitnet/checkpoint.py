@@ -20,6 +20,10 @@ class CheckpointMismatch(ValueError):
   """A checkpoint written for a different model than the one being restored into."""
 
 
+class CheckpointUnreadable(ValueError):
+  """A checkpoint whose files are missing, truncated or corrupted."""
+
+
 def _abstract(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                       shardings)
@@ -65,7 +69,7 @@ class Checkpointer:
 
   def read_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
 
   def check_compatible(self, meta: dict, step: int | None = None) -> None:
     """Raises CheckpointMismatch naming the differing model fields."""
@@ -82,19 +86,32 @@ class Checkpointer:
               ) -> tuple[TrainState, dict]:
     """Restores the full state onto `shardings` (any mesh) and the data iterator state."""
     step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
+    out = self._restore(
+        step,
         params=ocp.args.StandardRestore(_abstract(state.params, shardings.params)),
         opt_state=ocp.args.StandardRestore(_abstract(state.opt_state, shardings.opt_state)),
-        loop=ocp.args.JsonRestore()))
+        loop=ocp.args.JsonRestore())
     step = jax.device_put(jnp.asarray(out["loop"]["step"], jnp.int32), shardings.step)
     return TrainState(step, out["params"], out["opt_state"]), out["loop"]["data_iterator"]
 
   def restore_params(self, params: Any, shardings: Any, step: int | None = None) -> Any:
     """Parameters only (dense-to-sparse continuation, evaluation, export)."""
     step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(params, shardings))))
+    out = self._restore(step, params=ocp.args.StandardRestore(_abstract(params, shardings)))
     return out["params"]
+
+  def _restore(self, step: int, **items: ocp.args.CheckpointArgs) -> Any:
+    """`manager.restore` of `items`, with any read failure reported as CheckpointUnreadable."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+      first_line = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+      folder = os.path.join(str(self.manager.directory), str(step))
+      self.close()  # stop orbax's background threads, which otherwise fail noisily at exit
+      raise CheckpointUnreadable(
+          f"The checkpoint at step {step} in {self.manager.directory} could not be read "
+          f"({type(e).__name__}: {first_line}). It is incomplete or corrupted. Move {folder} "
+          "aside to fall back to the previous checkpoint, or use a fresh --workdir.") from e
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -44,6 +44,10 @@ def quiet_library_logs() -> None:
 
 
 def fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  """Prints `error: message` and exits with status 2 at once: no training or saving is under way
+  when it is called, and skipping interpreter shutdown keeps half-finished orbax/tensorstore reads
+  from printing tracebacks after the message."""
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(2)
 

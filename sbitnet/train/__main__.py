@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
+from sbitnet.checkpoint import CheckpointUnreadable
 from sbitnet.cli import USER_ERRORS, define_config_flag, fail, quiet_library_logs
 from sbitnet.plot import plot_run
 
@@ -39,7 +40,10 @@ def main(argv: list[str]) -> None:
     run = prepare(cfg, workdir)
   except USER_ERRORS as e:
     fail(str(e))
-  summary = train_run(run, _STOP_AT.value)
+  try:
+    summary = train_run(run, _STOP_AT.value)
+  except CheckpointUnreadable as e:  # found while restoring, before any training step
+    fail(str(e))
   if summary["stopped_by"]:  # exit as if killed by the signal; the next run resumes
     print(f"Stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint in "
           f"{summary['checkpoints']}.", flush=True)

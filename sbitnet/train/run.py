@@ -87,11 +87,6 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
   """Trains to `cfg.train.steps` (or stops early after step `stop_at`, checkpointing there, as
   a preempted job would), resuming from the workdir; returns a summary dict."""
   cfg, model_cfg, tr = run.cfg, run.model_cfg, run.cfg.train
-  os.makedirs(run.workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(run.workdir, "config.json"), "w") as f:
-      f.write(to_json(cfg, model_cfg))
-
   optimizer = make_optimizer(tr)
   make_model = lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed))
   graphdef, state, shardings = create_train_state(make_model, optimizer, run.mesh)
@@ -99,6 +94,7 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
       lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed), sparse=False)), nnx.Param)[0]
   switch_step = round(cfg.sparsity.start_fraction * tr.steps) if cfg.sparsity.m else 0
 
+  os.makedirs(run.workdir, exist_ok=True)
   checkpointer = Checkpointer(os.path.join(run.workdir, "checkpoints"), keep=tr.keep_checkpoints)
   meta = model_meta(model_cfg)
   data_state = None
@@ -109,6 +105,9 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
     source = Checkpointer(checkpoint_dir(tr.init_from), read_only=True)
     state = state.replace(params=source.restore_params(state.params, shardings.params))
     logging.info("Initialised parameters from %s (step %d).", tr.init_from, source.latest_step())
+  if jax.process_index() == 0:  # only once the restore worked, so a failed one rewrites nothing
+    with open(os.path.join(run.workdir, "config.json"), "w") as f:
+      f.write(to_json(cfg, model_cfg))
 
   counts = parameter_counts(model_cfg)
   flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_len)

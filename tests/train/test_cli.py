@@ -85,3 +85,19 @@ def test_incompatible_checkpoint_is_refused_and_workdir_untouched(tmp_path):
   assert result.returncode != 0
   assert "different model" in result.stderr and "d_model: checkpoint 64 vs config 128" in result.stderr
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_corrupt_checkpoint_is_one_clear_error_and_workdir_untouched(tmp_path):
+  workdir = tmp_path / "run"
+  cache = str(tmp_path / "cache")
+  assert run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(cache)).returncode == 0
+  data_file = sorted((workdir / "checkpoints" / "4" / "params" / "d").iterdir())[0]
+  data_file.write_bytes(b"not a checkpoint")
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  for module, flags in (("sbitnet.train", cli_flags(cache, **{"train.steps": 8})),
+                        ("sbitnet.eval", [])):
+    result = run_cli(module, f"--workdir={workdir}", *flags)
+    assert result.returncode != 0
+    assert "checkpoint at step 4" in result.stderr and "could not be read" in result.stderr
+    assert "Traceback" not in result.stderr
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before

@@ -31,10 +31,8 @@ def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path):
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.Popen([sys.executable, "-m", "sbitnet.train", f"--workdir={workdir}", *flags],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 300
-  while len(logged_steps(workdir)) < 3:
+  while len(logged_steps(workdir)) < 3:  # a hang ends with the process's own failure or CI's
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert time.monotonic() < deadline, "training did not log 3 steps"
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
