@@ -160,6 +160,19 @@ def _series_label(run: RunResult, presets: set[str]) -> str:
   return run.precision if len(presets) == 1 else f"{run.precision} {run.cfg.model.preset}"
 
 
+def _label(ax, xlabel: str, ylabel: str) -> None:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+
+
+def _save(fig, path: str) -> None:
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def plot_ppl_vs_sparsity(runs: list[RunResult], path: str) -> None:
   import matplotlib.pyplot as plt
   done = [r for r in runs if r.val_ppl is not None and r.main_method and r.sparse_share in (0, 100)]
@@ -183,17 +196,13 @@ def plot_ppl_vs_sparsity(runs: list[RunResult], path: str) -> None:
                         textcoords="offset points")
   ax_delta.axhline(COLLAPSE_PERCENT, color="grey", ls=":", label=f"+{COLLAPSE_PERCENT:.0f} %")
   for ax, ylabel in ((ax_ppl, "validation PPL"), (ax_delta, "Δ PPL vs dense (%)")):
-    ax.set_xlabel("sparsity (1 - N/M)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
+    _label(ax, "sparsity (1 - N/M)", ylabel)
     if ax.lines:
       ax.legend(fontsize=8)
   if not done:
     _empty(ax_ppl, "no finished runs sparse from scratch")
   fig.suptitle("Validation PPL vs sparsity (sparse from scratch)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_flip_rate(runs: list[RunResult], path: str) -> None:
@@ -205,12 +214,8 @@ def plot_flip_rate(runs: list[RunResult], path: str) -> None:
     ax.legend(fontsize=7)
   else:
     _empty(ax, "no run logged a flip rate")
-  ax.set_xlabel("step")
-  ax.set_ylabel("mask flip rate since the last snapshot")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _label(ax, "step", "mask flip rate since the last snapshot")
+  _save(fig, path)
 
 
 def plot_dense_to_sparse(runs: list[RunResult], path: str) -> None:
@@ -230,12 +235,8 @@ def plot_dense_to_sparse(runs: list[RunResult], path: str) -> None:
     ax.legend(fontsize=8)
   else:
     _empty(ax, "no finished dense-to-sparse runs")
-  ax.set_xlabel("sparse share of training p (%)")
-  ax.set_ylabel("validation PPL")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _label(ax, "sparse share of training p (%)", "validation PPL")
+  _save(fig, path)
 
 
 def analyze(root: str, out: str | None = None) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from sbitnet import __version__
 from sbitnet.data.config import DataConfig
 from sbitnet.models.presets import PRESETS
+from sbitnet.ops.validation import check_choice
 
 QUANT_WEIGHTS = ("ternary", "none")
 ACT_BITS = (8, 4, 0)
@@ -132,9 +133,7 @@ def contraction_sizes(model: ModelConfig) -> dict[str, int]:
 
 
 def _choice(field: str, value: Any, choices: tuple) -> None:
-  if value not in choices:
-    raise ConfigError(f"{field}={value!r} is not valid; choose one of "
-                      f"{', '.join(map(repr, choices))}.")
+  check_choice(field, value, choices, error=ConfigError)
 
 
 def validate(cfg: Config, model: ModelConfig) -> None:
@@ -208,6 +207,19 @@ def check_override_paths(argv: list[str], flag: str = "config") -> None:
       raise ConfigError(f"Unknown config field {path!r} in {arg!r}. Valid fields here: {listing}.")
 
 
+def to_dict(cfg: Config, model: ModelConfig) -> dict[str, Any]:
+  """What `config.json` holds: the package version, the config and the resolved model shapes."""
+  return {"sbitnet_version": __version__, "config": dataclasses.asdict(cfg),
+          "resolved_model": dataclasses.asdict(model)}
+
+
 def to_json(cfg: Config, model: ModelConfig) -> str:
-  return json.dumps({"sbitnet_version": __version__, "config": dataclasses.asdict(cfg),
-                     "resolved_model": dataclasses.asdict(model)}, indent=2, sort_keys=True)
+  return json.dumps(to_dict(cfg, model), indent=2, sort_keys=True)
+
+
+def from_dict(saved: dict[str, Any]) -> tuple[Config, ModelConfig]:
+  """The inverse of `to_dict`: (Config, resolved ModelConfig)."""
+  raw = saved["config"]
+  sections = {f.name: f.type(**raw[f.name]) for f in dataclasses.fields(Config)
+              if dataclasses.is_dataclass(f.type) and f.name in raw}
+  return Config(name=raw.get("name", "run"), **sections), ModelConfig(**saved["resolved_model"])

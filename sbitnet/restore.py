@@ -11,15 +11,10 @@ import jax
 from flax import nnx
 
 from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta
-from sbitnet.config import (Config, DataConfig, MeshConfig, ModelConfig, QuantConfig,
-                            SparsityConfig, TrainConfig)
+from sbitnet.config import Config, ModelConfig, from_dict
 from sbitnet.data import get_tokenizer
 from sbitnet.models import DecoderLM
 from sbitnet.sharding import make_mesh, state_shardings
-
-SECTIONS = {"model": ModelConfig, "sparsity": SparsityConfig, "quant": QuantConfig,
-            "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig}
-
 
 @dataclasses.dataclass
 class LoadedRun:
@@ -37,15 +32,7 @@ def read_config(workdir: str) -> tuple[Config, ModelConfig]:
     raise FileNotFoundError(f"No config.json in {workdir!r}: give the --workdir of a training run "
                             "(or of `python -m sbitnet.convert`).")
   with open(path) as f:
-    return config_from_json(json.load(f))
-
-
-def config_from_json(saved: dict) -> tuple[Config, ModelConfig]:
-  """The contents of a `config.json` -> (Config, resolved ModelConfig)."""
-  raw = saved["config"]
-  cfg = Config(name=raw.get("name", "run"),
-               **{k: cls(**raw[k]) for k, cls in SECTIONS.items() if k in raw})
-  return cfg, ModelConfig(**saved["resolved_model"])
+    return from_dict(json.load(f))
 
 
 def load_run(workdir: str, step: int | None = None, *, dtype: str | None = None) -> LoadedRun:

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from sbitnet import kernels
-from sbitnet.config import Config, ModelConfig, to_json
+from sbitnet.config import Config, ModelConfig, from_dict, to_dict
 from sbitnet.data import get_tokenizer
 from sbitnet.infer.packed_linear import PackedLinear
 from sbitnet.models import DecoderLM, parameter_counts
@@ -120,7 +120,7 @@ def save_packed(path: str, model: DecoderLM, cfg: Config, tokenizer_spec: str, s
   arrays = {"/".join(map(str, p)): np.asarray(jax.device_get(v[...]))
             for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   meta = {"format": FORMAT, "version": VERSION, "packing_version": kernels.FORMAT_VERSION,
-          "config": json.loads(to_json(cfg, model.model_cfg)), "tokenizer": tokenizer_spec,
+          "config": to_dict(cfg, model.model_cfg), "tokenizer": tokenizer_spec,
           "step": step}
   arrays[META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -149,12 +149,11 @@ def load_packed(path: str, *, implementation: str | None = None,
                 dtype: str | None = None) -> PackedRun:
   """A packed checkpoint -> its model (linear layers through `ternary_matmul` with
   `implementation`), config, tokenizer and step. `dtype` overrides the compute dtype."""
-  from sbitnet.restore import config_from_json
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No packed checkpoint at {path!r}.")
   with np.load(path) as data:
     meta = read_meta(data, path)
-    cfg, model_cfg = config_from_json(meta["config"])
+    cfg, model_cfg = from_dict(meta["config"])
     if dtype is not None:
       model_cfg = dataclasses.replace(model_cfg, dtype=dtype)
     abstract = abstract_packed_model(cfg, model_cfg, implementation)

@@ -53,9 +53,10 @@ def check_float(name: str, x: jnp.ndarray) -> None:
                      "quantized one.")
 
 
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: object, choices: Sequence[object],
+                 error: type[ValueError] = ValueError) -> None:
   if value not in choices:
-    raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}.")
+    raise error(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}.")
 
 
 def check_split(split: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, ...] | None:

@@ -90,9 +90,10 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
   optimizer = make_optimizer(tr)
   make_model = lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed))
   graphdef, state, shardings = create_train_state(make_model, optimizer, run.mesh)
-  dense_graphdef = nnx.split(nnx.eval_shape(
-      lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed), sparse=False)), nnx.Param)[0]
   switch_step = round(cfg.sparsity.start_fraction * tr.steps) if cfg.sparsity.m else 0
+  dense_graphdef = nnx.split(nnx.eval_shape(
+      lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(tr.seed), sparse=False)),
+      nnx.Param)[0] if switch_step else None
 
   os.makedirs(run.workdir, exist_ok=True)
   checkpointer = Checkpointer(os.path.join(run.workdir, "checkpoints"), keep=tr.keep_checkpoints)

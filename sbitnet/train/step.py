@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sbitnet.ops import absmean_scale, zero_fraction
+from sbitnet.ops import absmean_scale, ternary_histogram
 from sbitnet.train.loss import chunked_cross_entropy
 from sbitnet.train.state import TrainState
 
@@ -78,21 +78,18 @@ def make_stats_step(graphdef: nnx.GraphDef) -> Callable:
 
   def stats(params):
     model = nnx.merge(graphdef, params)
-    masks, metrics, zeros, counts, numel = {}, {}, 0.0, jnp.zeros(3), 0
+    masks, metrics, counts, numel = {}, {}, jnp.zeros(3), 0
     for name, layer in model.sparse_layers().items():
       w_eff = layer.effective_weight()
-      size = w_eff.size
-      zeros += zero_fraction(w_eff) * size
-      signs = jnp.sign(w_eff)
-      counts += jnp.stack([jnp.sum(signs == v) for v in (-1, 0, 1)]).astype(jnp.float32)
-      numel += size
+      counts += ternary_histogram(jnp.sign(w_eff)) * w_eff.size
+      numel += w_eff.size
       gamma = jax.vmap(lambda w: absmean_scale(w, layer.spec.split))(layer.kernel[...])
       metrics[f"gamma/{name}"] = gamma
       mask = layer.mask()
       if mask is not None:
         masks[name] = jnp.packbits(mask.reshape(-1))
-    metrics["zero_fraction"] = zeros / numel
     metrics["ternary_histogram"] = counts / numel
+    metrics["zero_fraction"] = metrics["ternary_histogram"][1]
     return masks, metrics
 
   return stats
