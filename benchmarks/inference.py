@@ -5,8 +5,10 @@
 
 Both models are built in the same run from random weights (no training): the packed one from a
 random latent 6:8 Sparse-BitNet model through `sbitnet.infer.export.pack_model` (linear layers via
-`ternary_matmul`, default dispatch), the dense one as the Dense BF16 arm with every parameter cast
-to bf16; embeddings and norms are bf16 in both. Prefill: one sequence of T random tokens through
+`ternary_matmul`, default dispatch), the same with `materialize_int8` (calls over 64 rows use the
+unpacked int8 weights: `packed_6of8_int8w`), the dense one as the Dense BF16 arm with every parameter cast
+to bf16; embeddings and norms are bf16 in both; both run `unstacked()` (one buffer per layer), as
+`Generator` does. Prefill: one sequence of T random tokens through
 `sbitnet.infer.generation.prefill` (KV cache filled, logits of the last token). Decode: B rows
 whose cache already holds `--context` tokens (random keys/values), `--steps` greedy tokens per
 jitted call (`generation.decode`, one `lax.scan`), so host dispatch is amortised. Times are medians
@@ -31,8 +33,9 @@ import numpy as np
 from flax import nnx
 
 from sbitnet.config import Config, ModelConfig, resolved_model
-from sbitnet.infer.export import pack_model
+from sbitnet.infer.export import materialize_int8, pack_model
 from sbitnet.infer.generation import decode, prefill
+from sbitnet.kernels.ternary_matmul.config import DECODE_MAX_M
 from sbitnet.models import DecoderLM
 from sbitnet.nn import KVCache
 
@@ -67,7 +70,10 @@ def build_models(preset: str) -> tuple[dict[str, DecoderLM], ModelConfig]:
   packed = to_bf16(pack_model(latent, sparse_cfg))
   del latent
   dense = to_bf16(DecoderLM(dense_cfg, mc, rngs=nnx.Rngs(1), sparse=False))
-  return {"packed_6of8": packed, "dense_bf16": dense}, mc
+  packed = packed.unstacked()
+  packed_int8 = materialize_int8(nnx.merge(*nnx.split(packed)))
+  return {"packed_6of8": packed, "packed_6of8_int8w": packed_int8,
+          "dense_bf16": dense.unstacked()}, mc
 
 
 def state_bytes(model: DecoderLM) -> int:
@@ -103,13 +109,16 @@ def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats
   graphdef, state = nnx.split(model)
   fn = jax.jit(lambda state, logits, cache, key: decode(nnx.merge(graphdef, state), logits, cache,
                                                         key, steps)[::2], donate_argnums=2)
-  shape = (mc.n_layers, batch, context + steps, mc.n_kv_heads, model.head_dim)
+  shape = (batch, context + steps, mc.n_kv_heads, model.head_dim)
   k1, k2, k3 = jax.random.split(jax.random.key(batch), 3)
   def lengths():  # a fresh array per call: the cache (lengths included) is donated
     return jnp.full((batch,), context, jnp.int32)
 
-  cache = [KVCache(jax.random.normal(k1, shape, jnp.bfloat16),
-                   jax.random.normal(k2, shape, jnp.bfloat16), lengths())]
+  def layers(key):
+    return tuple(jax.random.normal(k, shape, jnp.bfloat16)
+                 for k in jax.random.split(key, mc.n_layers))
+
+  cache = [KVCache(layers(k1), layers(k2), lengths())]
   logits = jax.random.normal(k3, (batch, mc.vocab_size), jnp.float32)
 
   def args_of():
@@ -157,6 +166,8 @@ def main() -> None:
   results = []
   for kind, size in cases:
     for name, model in models.items():
+      if name.endswith("int8w") and kind == "decode" and size <= DECODE_MAX_M:
+        continue  # the int8 weights serve only calls over DECODE_MAX_M rows
       try:
         r = (bench_prefill(model, size, args.repeats) if kind == "prefill" else
              bench_decode(model, size, args.context, args.steps, args.repeats))
@@ -172,18 +183,22 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
   by = {(r["kind"], r["size"], r["model"]): r for r in results}
-  print("\n| case | dense bf16 tok/s | packed 6:8 tok/s | speedup | packed TB/s (decode) |")
-  print("|---|---|---|---|---|")
+  packed = [m for m in dict.fromkeys(r["model"] for r in results) if m != "dense_bf16"]
+  print("\n| case | dense bf16 tok/s | " + " | ".join(f"{m} tok/s | speedup" for m in packed) + " |")
+  print("|---|---|" + "---|---|" * len(packed))
   for kind, size in dict.fromkeys((r["kind"], r["size"]) for r in results):
-    dense, packed = by[kind, size, "dense_bf16"], by[kind, size, "packed_6of8"]
+    dense = by[kind, size, "dense_bf16"]
     label = f"prefill {size} tokens" if kind == "prefill" else f"decode batch {size}"
-    if "error" in dense or "error" in packed:
-      print(f"| {label} | {dense.get('error', '')[:40]} | {packed.get('error', '')[:40]} | | |")
-      continue
-    speedup = packed["tokens_per_s"] / dense["tokens_per_s"]
-    bw = f"{packed['achieved_TBps']:.2f}" if kind == "decode" else ""
-    print(f"| {label} | {dense['tokens_per_s']:,.0f} | {packed['tokens_per_s']:,.0f} | "
-          f"{speedup:.2f}x | {bw} |")
+    cells = [f"{dense['tokens_per_s']:,.0f}" if "error" not in dense else dense["error"][:40]]
+    for m in packed:
+      r = by.get((kind, size, m))
+      if r is None:
+        cells += ["(as packed)", ""]
+      elif "error" in r or "error" in dense:
+        cells += [r.get("error", "")[:40], ""]
+      else:
+        cells += [f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s'] / dense['tokens_per_s']:.2f}x"]
+    print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -82,11 +82,12 @@ class Generator:
   """Batched generation from `model` (a training `DecoderLM` or a packed one) with a KV cache.
 
   Prompts of different lengths are right-padded into one batch, prefilled once, then decoded
-  `chunk` tokens per jitted call until every row has its tokens or is done.
+  `chunk` tokens per jitted call until every row has its tokens or is done. The generator runs
+  `model.unstacked()` (one weight and cache buffer per layer, unrolled).
   """
 
   def __init__(self, model: DecoderLM, *, chunk: int = DEFAULT_CHUNK):
-    self.graphdef, self.state = nnx.split(model)
+    self.graphdef, self.state = nnx.split(model.unstacked())
     self.max_positions = model.model_cfg.max_positions
     self.chunk = chunk
     self._prefill = jax.jit(self._bind(prefill), static_argnames="max_len")

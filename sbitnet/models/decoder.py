@@ -2,7 +2,8 @@
 
 Every attention and MLP projection is a `SparseBitLinear`; embeddings and the LM head stay full
 precision. Blocks are created with `nnx.vmap` and applied with `nnx.scan`, so parameters carry a
-leading `layers` axis and compile time does not grow with depth.
+leading `layers` axis and compile time does not grow with depth. For inference, `unstacked()`
+holds one block per layer and runs them unrolled, each with its own weight and KV-cache buffers.
 """
 
 from __future__ import annotations
@@ -92,19 +93,44 @@ class DecoderLM(nnx.Module):
 
     if self.model_cfg.remat != "none":
       apply_block = nnx.remat(apply_block, policy=REMAT_POLICIES[self.model_cfg.remat])
-    x = nnx.scan(apply_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
+    if isinstance(self.blocks, nnx.List):
+      for block in self.blocks:
+        x = apply_block(x, block)
+    else:
+      x = nnx.scan(apply_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
     return self.final_norm(x)
 
   def _blocks_with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                          cache: KVCache) -> tuple[jax.Array, KVCache]:
-    def apply_block(x, block, keys_values):
-      x, layer = block.with_cache(x, cos, sin, KVCache(*keys_values, cache.lengths))
-      return x, (layer.keys, layer.values)
+    """Layer by layer (unrolled), each reading and writing its own cache buffers in place."""
+    keys, values = [], []
+    for index, block in enumerate(self.layer_blocks()):
+      x, layer = block.with_cache(x, cos, sin, cache.layer(index))
+      keys.append(layer.keys)
+      values.append(layer.values)
+    return self.final_norm(x), KVCache(tuple(keys), tuple(values), cache.lengths + x.shape[1])
 
-    x, (keys, values) = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0),
-                                 out_axes=(nnx.Carry, 0))(x, self.blocks,
-                                                          (cache.keys, cache.values))
-    return self.final_norm(x), KVCache(keys, values, cache.lengths + x.shape[1])
+  def layer_blocks(self) -> list[DecoderBlock]:
+    """One `DecoderBlock` per layer: the blocks of an `unstacked()` model, or else slices of the
+    stacked parameters (a copy of each layer's weights on every call; fine for tests, slow for
+    serving)."""
+    if isinstance(self.blocks, nnx.List):
+      return list(self.blocks)
+    graphdef, state = nnx.split(self.blocks)
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+            for i in range(self.model_cfg.n_layers)]
+
+  def unstacked(self) -> DecoderLM:
+    """This model with its blocks held as `n_layers` separate modules (an `nnx.List`), for
+    inference: each layer's weights are then their own buffers, so no step slices or copies them
+    out of the `[layers, ...]` stack. Shares the other parameters with this model; train the
+    stacked form (the unrolled one compiles in time linear in depth)."""
+    if isinstance(self.blocks, nnx.List):
+      return self
+    graphdef, state = nnx.split(self)
+    model = nnx.merge(graphdef, state)
+    model.blocks = nnx.List(self.layer_blocks())
+    return model
 
   def empty_cache(self, batch: int, max_len: int) -> KVCache:
     """A KV cache of `max_len` slots for `batch` sequences, in the compute dtype."""

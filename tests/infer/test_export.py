@@ -51,6 +51,25 @@ def test_pallas_implementation_matches_xla(loaded, packed_file, prompts):
   assert_close(pallas, xla, tol=1e-3)
 
 
+def test_int8_weights_give_the_same_logits_for_large_calls(packed_file):
+  """Over DECODE_MAX_M rows the materialized int8 weight replaces the per-call unpack; int32
+  accumulation is exact, so the logits are equal, and the .npz stays as it was."""
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 200, (3, 40)), jnp.int32)
+  plain = load_packed(packed_file).model
+  int8 = load_packed(packed_file, int8_weights=True).model
+  layers = packed_layers(int8)
+  assert all(layer.weight_int8 is not None for layer in layers.values())
+  layer = layers["blocks/mlp/down"]
+  t = [kernels.unpack(kernels.PackedTernary(layer.codes[i], layer.scale[i],
+                                            in_features=layer.in_features))[0]
+       for i in range(layer.codes.shape[0])]
+  np.testing.assert_array_equal(layer.weight_int8[...], np.stack(t).transpose(0, 2, 1))
+  np.testing.assert_array_equal(int8(tokens), plain(tokens))
+  def saved(model):  # what save_packed writes
+    return {path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  assert saved(int8) == saved(plain)
+
+
 def test_round_trip(loaded, packed, packed_file):
   run = load_packed(packed_file)
   assert run.model_cfg == loaded.model_cfg and run.step == loaded.step

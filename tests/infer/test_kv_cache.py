@@ -48,3 +48,12 @@ def test_one_token_prompt_and_batch_independence(loaded, prompts):
 def test_done_stops_a_row_early(loaded, prompts):
   new = Generator(loaded.model, chunk=4).generate(prompts, 9, done=lambda ids: len(ids) == 2)
   assert [len(ids) for ids in new] == [2] * len(prompts)
+
+
+def test_unstacked_model_equals_stacked(model, prompts):
+  """One module per layer (what Generator runs) computes what the scanned stack computes."""
+  unstacked = model.unstacked()
+  assert len(unstacked.blocks) == model.model_cfg.n_layers
+  tokens = jnp.asarray([prompts[1]])
+  assert_close(unstacked(tokens), model(tokens), tol=1e-5)
+  assert unstacked.unstacked() is unstacked
