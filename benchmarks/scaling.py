@@ -2,7 +2,7 @@
 
   python benchmarks/scaling.py [--meshes=1x1x1,4x1x1,2x2x1,1x4x1] [--per_device_batch=8]
       [--seq_len=2048] [--steps=8] [--fit_demo] [--platform=gpu|cpu] [--preset=qwen2.5-0.5b]
-      [--out=DIR]
+      [--profile=STEPS] [--out=DIR]
 
 Each mesh `DATAxFSDPxTENSOR` runs in its own process that sees only the first D·F·T GPUs (on CPU:
 that many host devices), with `per_device_batch` sequences per data/fsdp shard (weak scaling):
@@ -98,6 +98,8 @@ def bench_one(shape: tuple[int, int, int], batch: int, args) -> dict:
     if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
       raise
     return {**result, "oom": True, "error": str(e).splitlines()[0][:300]}
+  if args.profile:
+    profile(compiled, state, batches[0], mesh, args, result["mesh"])
   step_s = statistics.median(times)
   tokens_per_s = batch * args.seq_len / step_s
   peak = peak_flops(jax.devices()[0])
@@ -108,6 +110,70 @@ def bench_one(shape: tuple[int, int, int], batch: int, args) -> dict:
           "mfu": tokens_per_s * flops / (peak * mesh.size) if peak else None,
           "peak_bytes": max((s.get("peak_bytes_in_use", 0) for s in stats), default=None),
           "loss": float(metrics["loss"])}
+
+
+def profile(compiled, state, batch, mesh, args, name: str) -> None:
+  """Writes `hlo_<mesh>.txt` (the optimized HLO) and `profile_<mesh>.json`: device time per
+  kernel and per HLO op over `args.profile` traced steps, and the all-reduce bus bandwidth of the
+  mesh's devices (so collective time can be read against what NCCL reaches here)."""
+  import glob
+  import gzip
+  import tempfile
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  with open(os.path.join(args.out, f"hlo_{name}.txt"), "w") as f:
+    f.write(compiled.as_text())
+  trace_dir = tempfile.mkdtemp()
+  start = time.perf_counter()
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(args.profile):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics["loss"])
+  wall = time.perf_counter() - start
+  [path] = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  names = {e["pid"]: str(e.get("args", {}).get("name", "")) for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  gpu_pids = {pid for pid, n in names.items() if "GPU:0" in n}
+  by_kernel, by_op, busy = {}, {}, 0.0
+  for e in events:
+    if e.get("ph") != "X" or e.get("pid") not in gpu_pids:
+      continue
+    us = float(e.get("dur", 0))
+    busy += us
+    by_kernel[e["name"]] = by_kernel.get(e["name"], 0.0) + us
+    op = str(e.get("args", {}).get("hlo_op", e["name"]))
+    by_op[op] = by_op.get(op, 0.0) + us
+
+  def top(table, n=60):
+    return sorted(((round(us / args.profile / 1e3, 3), k) for k, us in table.items()),
+                  reverse=True)[:n]
+
+  devices = mesh.devices.reshape(-1)
+  flat = jax.sharding.Mesh(devices, ("d",))
+  x = jax.device_put(jnp.ones((len(devices), 64 * 2**20), jnp.float32),
+                     NamedSharding(flat, P("d")))
+  reduce = jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, "d"), mesh=flat, in_specs=P("d"),
+                                 out_specs=P("d")))
+  jax.block_until_ready(reduce(x))
+  start = time.perf_counter()
+  for _ in range(5):
+    y = reduce(x)
+  jax.block_until_ready(y)
+  seconds = (time.perf_counter() - start) / 5
+  n = len(devices)
+  busbw = 2 * (n - 1) / n * 256 * 2**20 / seconds / 1e9 if n > 1 else None
+  summary = {"mesh": name, "steps": args.profile, "trace_processes": sorted(names.values()), "wall_ms_per_step": wall / args.profile * 1e3,
+             "gpu0_busy_ms_per_step": busy / args.profile / 1e3,
+             "allreduce_256MiB_f32_ms": seconds * 1e3, "allreduce_busbw_GBps": busbw,
+             "top_kernels_ms_per_step": top(by_kernel), "top_hlo_ops_ms_per_step": top(by_op)}
+  with open(os.path.join(args.out, f"profile_{name}.json"), "w") as f:
+    json.dump(summary, f, indent=1)
 
 
 def child_env(devices: int, platform: str) -> dict[str, str]:
@@ -124,7 +190,7 @@ def run_child(shape, batch: int, args) -> dict:
   command = [sys.executable, __file__, f"--child={'x'.join(map(str, shape))}", f"--batch={batch}",
              f"--preset={args.preset}", f"--vocab={args.vocab}", f"--seq_len={args.seq_len}",
              f"--steps={args.steps}", f"--warmup={args.warmup}", f"--remat={args.remat}",
-             f"--loss_chunk={args.loss_chunk}"]
+             f"--loss_chunk={args.loss_chunk}", f"--profile={args.profile}", f"--out={args.out}"]
   try:
     proc = subprocess.run(command, env=child_env(math.prod(shape), args.platform),
                           capture_output=True, text=True, timeout=args.timeout)
@@ -174,6 +240,8 @@ def main() -> None:
   parser.add_argument("--loss_chunk", type=int, default=2048)
   parser.add_argument("--platform", choices=("gpu", "cpu"), default="gpu")
   parser.add_argument("--timeout", type=int, default=300, help="seconds per mesh")
+  parser.add_argument("--profile", type=int, default=0,
+                      help="trace this many extra steps per mesh; write hlo_/profile_<mesh> files")
   parser.add_argument("--out", default=os.environ.get("OUT", "."))
   parser.add_argument("--child", type=mesh_shape, help=argparse.SUPPRESS)
   parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
