@@ -11,7 +11,9 @@ are random and never zero. Prints a short table; writes JSON and markdown under 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -23,11 +25,14 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
+from sbitnet.kernels.ternary_matmul import pallas_triton  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pack import unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8  # noqa: E402
@@ -105,13 +110,17 @@ def measure_peak_matmul():
 
 def check_correctness(log):
   ok = True
+  # The last case has all-positive x of width 8192, the worst case for the float path's
+  # cancellation (x @ t = 4 x @ (1 + c/4) - 5 sum(x)).
   cases = [(1, 896, 128, (6, 8)), (5, 896, 4864, (2, 4)), (16, 4864, 896, (2, 8)),
            (64, 1536, 8960, (None, None)), (70, 2048, 256, (4, 8)), (300, 2048, 1000, (6, 8)),
-           (2048, 1024, 1024, (6, 8))]
+           (2048, 1024, 1024, (6, 8)), (16, 8192, 1024, (6, 8))]
   for i, (m, k, n, pattern) in enumerate(cases):
     t, gamma = _ternary(jax.random.key(10 + i), k, n, pattern)
     p = pack(t, gamma)
     x = _nonzero_normal(jax.random.key(100 + i), (m, k), jnp.bfloat16)
+    if i == len(cases) - 1:
+      x = jnp.abs(x)
     for quantize_x in (False, True):
       ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
       cfg = config_lib.choose(m, -(-n // 16) * 16, p.codes.shape[0] * 4, quantize_x)
@@ -194,34 +203,150 @@ def bench_matmul(name, k, n, ms, log, peaks):
   return rows
 
 
-def bench_decode_configs(log):
-  """A small sweep of decode tile configs (the dispatcher's choice is marked)."""
+SWEEP_SHAPES = {"8k.up": (8192, 28672), "3b.up": (2048, 11008), "3b.down": (11008, 2048)}
+
+
+def sweep_candidates(m, k, n, int8):
+  """Tile configs to time for one problem (the dispatcher's choice is added by the caller)."""
+  rows_ok = [r for r in (32, 64, 128) if (k // 4) % r == 0]
+  if m > config_lib.DECODE_MAX_M:
+    if not int8:
+      return []
+    return [Config(block_m=128, block_n=bn, rows=r, num_warps=w, num_stages=3)
+            for bn in (128, 256) for r in (rows_ok[0], rows_ok[-1]) for w in (4, 8)]
+  block_ns = [bn for bn in (64, 128, 256) if n % bn == 0 and n // bn >= 8]
+  splits = (1, 2, 3, 4, 6, 8) if k <= 8192 else (4, 8, 16, 21, 32)
+  block_m = max(16, 1 << (m - 1).bit_length())
+  return ([Config(block_m=block_m, block_n=bn, split_k=s) for bn in block_ns for s in splits] +
+          [Config(block_m=block_m, block_n=128, split_k=splits[3], rows=r) for r in rows_ok[1:]] +
+          [Config(block_m=block_m, block_n=128, split_k=splits[3], num_warps=8),
+           Config(block_m=block_m, block_n=128, split_k=splits[3], num_stages=4)])
+
+
+def bench_sweep(shapes, m, log):
+  """Times ternary_matmul (the whole op: quantize/pad/permute, kernel, split-K sum) over tile
+  configs; each config's output is first compared with the XLA path."""
   rows = []
-  for name, k, n in [("3b.down", 11008, 2048), ("8k.up", 8192, 28672)]:
+  for name in shapes:
+    k, n = SWEEP_SHAPES[name]
     t, gamma = _ternary(jax.random.key(3), k, n)
     r = copies(k * n // 4)
     ps = [pack(t, gamma + i * 1e-3) for i in range(r)]
-    for m in (16,):
-      x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
-      chosen = config_lib.choose(m, n, k, False)
-      cands = {chosen}
-      for bn in (128, 256):
-        for split in (1, 2, 4, 8, 16):
-          if n % bn == 0 and split <= k // 256:
-            cands.add(Config(16, bn, split, 4, 4))
-      for quantize_x in (False, True):
-        for c in sorted(cands, key=str):
-          try:
-            sec = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
-                                                    implementation="pallas", config=c),
-                        [(x, q) for q in ps], k * n / 4 / 2e12)
-          except Exception as e:
-            log(f"  sweep {name} m={m} {c}: ERROR {type(e).__name__}: {str(e)[:200]}")
+    x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    for quantize_x in (True, False):
+      chosen = config_lib.choose(m, n, -(-k // 128) * 128, quantize_x)
+      cands = sweep_candidates(m, k, n, quantize_x)
+      if not cands:
+        continue
+      cands = [chosen] + [c for c in cands if c != chosen]
+      ref = np.asarray(ternary_matmul(x, ps[0], quantize_x=quantize_x, implementation="xla"),
+                       np.float64)
+      for c in cands:
+        def f(x, p, c=c):
+          return ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas", config=c)
+        try:
+          out = np.asarray(jax.jit(f)(x, ps[0]), np.float64)
+          err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+          sec = timed(f, [(x, q) for q in ps], max(k * n / 4 / 2e12, 2 * m * k * n / 400e12))
+        except Exception as e:  # a failing config is reported, the rest still run
+          log(f"  sweep {name} m={m} int8={quantize_x:d} {c}: ERROR {type(e).__name__}: "
+              f"{str(e)[:300]}")
+          continue
+        rows.append(dict(shape=name, k=k, n=n, m=m, int8=quantize_x, config=str(c),
+                         us=sec * 1e6, rel_err=err, chosen=c == chosen))
+        log(f"  sweep {name:8s} m={m:4d} int8={quantize_x:d} {_short(c)}: {sec * 1e6:8.1f}us "
+            f"err={err:.1e}{'  <- default' if c == chosen else ''}")
+  return rows
+
+
+def _short(c):
+  return f"bm{c.block_m} bn{c.block_n} rows{c.rows} split{c.split_k} w{c.num_warps} s{c.num_stages}"
+
+
+def _stream_kernel(w_ref, o_ref, *, steps, rows):
+  s = pl.program_id(1)
+  last = w_ref.shape[0] // rows - 1
+
+  def body(i, acc):
+    return acc ^ w_ref[pl.ds(jnp.minimum(s * steps + i, last) * rows, rows), :]
+
+  acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((rows, w_ref.shape[1]), jnp.int32))
+  o_ref[...] = jnp.sum(acc, axis=0)
+
+
+def stream(words, block_n, rows, split_k, num_warps=4, num_stages=3):
+  """The ceiling of the kernel's load loop: reads int32 `[Kp / 4, N / 4]` (the packed bytes) with
+  the matmul's tiling (`block_n` byte columns, `rows` byte rows per step, split-K) and XORs them;
+  no decode, no dot. Returns int32 `[split_k, N / 4]`."""
+  r, nw = words.shape
+  steps = -(-(r // rows) // split_k)
+  return pl.pallas_call(
+      functools.partial(_stream_kernel, steps=steps, rows=rows),
+      out_shape=jax.ShapeDtypeStruct((split_k, nw), jnp.int32),
+      grid=(nw // (block_n // 4), split_k),
+      in_specs=[pl.BlockSpec((r, block_n // 4), lambda j, s: (0, j))],
+      out_specs=pl.BlockSpec((None, block_n // 4), lambda j, s: (s, j)),
+      compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+      interpret=jax.default_backend() != "gpu",
+  )(words)
+
+
+def bench_ceiling(shapes, log, peaks):
+  """Streaming-only kernel at the matmul's tilings: what Pallas/Triton reaches on the packed bytes."""
+  rows = []
+  for name in shapes:
+    k, n = SWEEP_SHAPES[name]
+    t, gamma = _ternary(jax.random.key(3), k, n)
+    r = copies(k * n // 4)
+    words = [jax.lax.bitcast_convert_type(
+        pack(t, gamma + i).codes.reshape(-1, n // 4, 4), jnp.int32) for i in range(r)]
+    nbytes = words[0].nbytes
+    for bn in (64, 128, 256):
+      for rw in (32, 128):
+        for split in (1, 4):
+          if n % bn or (k // 4) % rw:
             continue
-          rows.append(dict(shape=name, m=m, int8=quantize_x, config=str(c), us=sec * 1e6,
-                           chosen=c == chosen))
-          log(f"  sweep {name:9s} m={m:2d} int8={quantize_x:d} {c}: {sec * 1e6:7.1f}us"
-              f"{'  <- default' if c == chosen else ''}")
+          sec = timed(lambda w: stream(w, bn, rw, split), [(w,) for w in words], nbytes / 3e12)
+          frac = nbytes / sec / 1e12 / peaks["read_tb_s"]
+          rows.append(dict(shape=name, block_n=bn, rows=rw, split_k=split, us=sec * 1e6,
+                           bw_frac=frac))
+          log(f"  ceiling {name:8s} bn{bn} rows{rw} split{split}: {sec * 1e6:7.1f}us "
+              f"{nbytes / sec / 1e12:.2f} TB/s ({frac:.2f} of read BW)")
+  return rows
+
+
+def bench_kernel_only(shapes, m, log):
+  """The Pallas call alone (inputs pre-padded and pre-quantized) at the default config, with the
+  inline-asm decode and with the jnp decode, against the whole op."""
+  rows = []
+  for name in shapes:
+    k, n = SWEEP_SHAPES[name]
+    t, gamma = _ternary(jax.random.key(3), k, n)
+    r = copies(k * n // 4)
+    ps = [pack(t, gamma + i * 1e-3) for i in range(r)]
+    x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    for quantize_x in (True, False):
+      c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
+      xk, rs = absmax_int8(x) if quantize_x else (x, jnp.ones((m, 1), jnp.float32))
+      kx = c.split_k * -(-(k // (4 * c.rows)) // c.split_k) * 4 * c.rows
+      xk = pallas_triton.permute_x(jnp.pad(xk, ((0, c.block_m - m), (0, kx - k))), c.rows)
+      rs = jnp.pad(rs[:, 0], (0, c.block_m - m))
+      dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
+      res = {}
+      on_gpu = jax.default_backend() == "gpu"
+      for asm in (True, False)[not on_gpu:]:
+        res[f"kernel_asm={asm}"] = timed(
+            lambda xk, rs, p, asm=asm: pallas_triton.matmul(xk, p.codes, rs, p.scale, config=c,
+                                                            out_dtype=dt, asm=asm,
+                                                            interpret=not on_gpu),
+            [(xk, rs, q) for q in ps], k * n / 4 / 2e12)
+      res["whole_op"] = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
+                                                          implementation="pallas"),
+                              [(x, q) for q in ps], k * n / 4 / 2e12)
+      rows.append(dict(shape=name, m=m, int8=quantize_x, config=str(c),
+                       **{key: v * 1e6 for key, v in res.items()}))
+      log(f"  kernel-only {name:8s} m={m} int8={quantize_x:d} {_short(c)}: " +
+          " ".join(f"{key}={v * 1e6:.1f}us" for key, v in res.items()))
   return rows
 
 
@@ -247,10 +372,12 @@ def _fmt(v):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--part", default="all", choices=("decode", "large", "fused", "sweep", "all"))
+  ap.add_argument("--part", default="all",
+                  choices=("decode", "large", "fused", "sweep", "ceiling", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
+  ap.add_argument("--tag", default="", help="output file suffix (default: the part)")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
@@ -273,8 +400,13 @@ def main():
   log(f"peaks {peaks}")
   result = dict(meta=meta, peaks=peaks, spec=SPEC)
   shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes.split(",")]
+  sweep_shapes = [s for s in SWEEP_SHAPES if not args.shapes or s in args.shapes.split(",")]
   if args.part in ("sweep", "all"):
-    result["sweep"] = bench_decode_configs(log)
+    result["sweep"] = [r for m in ([int(v) for v in args.ms.split(",")] if args.ms else (16,))
+                       for r in bench_sweep(sweep_shapes, m, log)]
+  if args.part in ("ceiling", "all"):
+    result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)
+    result["kernel_only"] = bench_kernel_only(sweep_shapes, 16, log)
   if args.part in ("decode", "large", "all"):
     ms = dict(decode=DECODE_MS, large=LARGE_MS, all=DECODE_MS + LARGE_MS)[args.part]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else ms
@@ -284,7 +416,7 @@ def main():
     result["matmul"] = rows
   if args.part in ("fused", "all"):
     result["fused"] = bench_fused(log)
-  tag = args.part
+  tag = args.tag or args.part
   with open(os.path.join(out_dir, f"kernels_{tag}.json"), "w") as f:
     json.dump(result, f, indent=1)
   with open(os.path.join(out_dir, f"kernels_{tag}.log"), "w") as f:

@@ -61,7 +61,10 @@ def test_pallas_matches_xla_and_oracle(m, k, n, pattern, quantize_x):
 @pytest.mark.parametrize("config", [Config(block_m=16, block_n=32, split_k=3),
                                     Config(block_m=32, block_n=32, split_k=1),
                                     Config(block_m=64, block_n=16, split_k=6),
-                                    Config(block_m=16, block_n=96 // 3, split_k=4)], ids=str)
+                                    Config(block_m=16, block_n=96 // 3, split_k=4),
+                                    Config(block_m=16, block_n=32, split_k=2, rows=64),
+                                    Config(block_m=32, block_n=16, split_k=3, rows=64)],
+                         ids=str)
 def test_every_tile_is_written_into_a_poisoned_output(config, quantize_x):
   m, k, n = 20, 768, 96
   x, _, _, p = _case(3, m, k, n, (6, 8))
@@ -87,6 +90,32 @@ def test_poison_catches_unwritten_tiles():
     ternary_matmul(x, p, implementation="pallas", config=Config(block_n=64))
   with pytest.raises(ValueError, match="block_m=8"):
     ternary_matmul(x, p, implementation="pallas", config=Config(block_m=8, block_n=32))
+  with pytest.raises(ValueError, match="rows=128"):  # 64 packed rows
+    ternary_matmul(x, p, implementation="pallas", config=Config(block_n=32, rows=128))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_float_plane_bit_trick_gives_one_plus_code_over_four(dtype):
+  """NumPy model of `_plane`'s PTX for floats (prmt, shift, lop3) on every byte value."""
+  one, top = pallas_triton._FLOAT_MAGIC[jnp.dtype(dtype)]
+  words = np.random.default_rng(0).integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32)
+  words = np.concatenate([words, np.arange(256, dtype=np.uint32) * 0x01010101])
+  packed = words.view(np.uint8).reshape(-1, 4)
+
+  def prmt(a, selector):  # byte i of the result = byte (selector nibble i) of a
+    return sum(((a >> np.uint32(8 * ((selector >> 4 * i) & 3))) & np.uint32(0xFF))
+               << np.uint32(8 * i) for i in range(4))
+
+  for q in range(4):
+    d = top - 2 * q
+    lanes = []
+    for sel in (0x1100, 0x3322):
+      r = prmt(words, sel)
+      r = r << np.uint32(d) if d >= 0 else r >> np.uint32(-d)
+      lanes.append((r & np.uint32((3 << top) * 0x10001)) | np.uint32(one * 0x10001))
+    got = np.stack(lanes, 1).view(np.uint16).reshape(-1, 4).view(jnp.dtype(dtype))
+    want = 1 + ((packed >> 2 * q) & 3) / 4
+    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
 
 
 def test_leading_dims_split_gammas_and_float16():
