@@ -1,6 +1,11 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
-  python benchmarks/kernels.py [--part decode|large|fused|all] [--quick]
+  python benchmarks/kernels.py [--part decode|large|sweep|ceiling|fused|all] [--shapes a,b]
+                               [--ms 1,16] [--skip-checks] [--tag name]
+
+decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
+tile configs (each checked against XLA first); ceiling: a kernel that only streams the packed
+bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op.
 
 Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
 one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
@@ -11,7 +16,6 @@ are random and never zero. Prints a short table; writes JSON and markdown under 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import functools
 import json
@@ -208,17 +212,15 @@ SWEEP_SHAPES = {"8k.up": (8192, 28672), "3b.up": (2048, 11008), "3b.down": (1100
 
 def sweep_candidates(m, k, n, int8):
   """Tile configs to time for one problem (the dispatcher's choice is added by the caller)."""
-  rows_ok = [r for r in (32, 64, 128) if (k // 4) % r == 0]
   if m > config_lib.DECODE_MAX_M:
     if not int8:
       return []
-    return [Config(block_m=128, block_n=bn, rows=r, num_warps=w, num_stages=3)
-            for bn in (128, 256) for r in (rows_ok[0], rows_ok[-1]) for w in (4, 8)]
+    return [Config(block_m=128, block_n=bn, num_warps=w, num_stages=3)
+            for bn in (128, 256) for w in (4, 8)]
   block_ns = [bn for bn in (64, 128, 256) if n % bn == 0 and n // bn >= 8]
   splits = (1, 2, 3, 4, 6, 8) if k <= 8192 else (4, 8, 16, 21, 32)
   block_m = max(16, 1 << (m - 1).bit_length())
   return ([Config(block_m=block_m, block_n=bn, split_k=s) for bn in block_ns for s in splits] +
-          [Config(block_m=block_m, block_n=128, split_k=splits[3], rows=r) for r in rows_ok[1:]] +
           [Config(block_m=block_m, block_n=128, split_k=splits[3], num_warps=8),
            Config(block_m=block_m, block_n=128, split_k=splits[3], num_stages=4)])
 
@@ -260,7 +262,7 @@ def bench_sweep(shapes, m, log):
 
 
 def _short(c):
-  return f"bm{c.block_m} bn{c.block_n} rows{c.rows} split{c.split_k} w{c.num_warps} s{c.num_stages}"
+  return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}"
 
 
 def _stream_kernel(w_ref, o_ref, *, steps, rows):
@@ -292,7 +294,7 @@ def stream(words, block_n, rows, split_k, num_warps=4, num_stages=3):
 
 
 def bench_ceiling(shapes, log, peaks):
-  """Streaming-only kernel at the matmul's tilings: what Pallas/Triton reaches on the packed bytes."""
+  """The streaming-only kernel at the matmul's tilings: what Pallas/Triton reaches on the bytes."""
   rows = []
   for name in shapes:
     k, n = SWEEP_SHAPES[name]
@@ -328,8 +330,8 @@ def bench_kernel_only(shapes, m, log):
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
       xk, rs = absmax_int8(x) if quantize_x else (x, jnp.ones((m, 1), jnp.float32))
-      kx = c.split_k * -(-(k // (4 * c.rows)) // c.split_k) * 4 * c.rows
-      xk = pallas_triton.permute_x(jnp.pad(xk, ((0, c.block_m - m), (0, kx - k))), c.rows)
+      kx = c.split_k * -(-(k // 128) // c.split_k) * 128
+      xk = jnp.pad(xk, ((0, c.block_m - m), (0, kx - k)))
       rs = jnp.pad(rs[:, 0], (0, c.block_m - m))
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
       res = {}

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul import config as config_lib
 from sbitnet.kernels.ternary_matmul import pallas_triton, reference
-from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, PackedTernary, check_packed
+from sbitnet.kernels.ternary_matmul.pack import TILE_K, PackedTernary, check_packed
 from sbitnet.ops import absmax_int8
 
 IMPLEMENTATIONS = ("xla", "pallas")
@@ -55,16 +55,13 @@ def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
   codes = _pad_to(p.codes, 1, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
   c = config or config_lib.choose(m, n16, kp, x.dtype == jnp.int8)
-  if (n16 % c.block_n or c.block_m % 16 or c.split_k < 1 or c.rows % PLANE_ROWS
-      or (kp // 4) % c.rows):
+  if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
     raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
-                     f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, "
-                     f"split_k={c.split_k} positive and rows={c.rows} a multiple of "
-                     f"{PLANE_ROWS} dividing the {kp // 4} packed rows.")
+                     f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
+                     f"split_k={c.split_k} positive.")
   mp = -(-m // c.block_m) * c.block_m
-  step_k = 4 * c.rows
-  kx = c.split_k * -(-(kp // step_k) // c.split_k) * step_k
-  x = pallas_triton.permute_x(_pad_to(_pad_to(x, 1, kx), 0, mp), c.rows)
+  kx = c.split_k * -(-(kp // TILE_K) // c.split_k) * TILE_K
+  x = _pad_to(_pad_to(x, 1, kx), 0, mp)
   row_scale = _pad_to(row_scale, 0, mp)
   part_dtype = out_dtype if c.split_k == 1 else jnp.float32
   parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c, out_dtype=part_dtype,

@@ -1,9 +1,11 @@
 """Tile choices for the Pallas ternary matmul, from the shape alone (static under jit).
 
-Measured on an H200 (docs/kernels.md): at M <= 16, block_n = 128 with ~900 programs (split-K,
->= 4 steps per split) was within 3 % of the best swept config for bf16 on 8192→28672 and both
-paths on the Qwen-3B FFN layers; int8 on layers with N >= 16384 was 10 % faster with block_n = 256
-and a quarter of the programs.
+Measured on an H200 (docs/kernels.md), M <= 16: block_n = 128 with ~900 programs (split-K,
+>= 4 K tiles per split) was the best swept config for bf16 on 8192→28672 and for both paths on
+2048→11008, and 5 % (int8) / 11 % (bf16) off the best on 11008→2048; int8 on 8192→28672
+(N >= WIDE_N) was 10 % faster with block_n = 256 and a quarter of the programs. At M = 64 that choice took 676 µs (the previous
+kernel, with block_n = 128: 384 µs), so it is kept to M <= 16. Large M (where the dispatcher
+uses XLA): 4 warps were 6-7 % faster than 8 for int8 at M = 2048.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ DECODE_MAX_M = 64
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
 # programs' loads in flight); split-K supplies them when N alone is too narrow.
 TARGET_PROGRAMS = 896
-MIN_STEPS_PER_SPLIT = 4
+MIN_TILES_PER_SPLIT = 4
 WIDE_N = 16384
 
 
@@ -27,20 +29,19 @@ def block_n_for(n: int, largest: int = 128) -> int:
   return b
 
 
-def split_for(steps: int, programs: int, target: int = TARGET_PROGRAMS) -> int:
-  """Split-K factor: about `target` programs, at least MIN_STEPS_PER_SPLIT steps each."""
-  return max(1, min(-(-target // programs), steps // MIN_STEPS_PER_SPLIT))
+def split_for(k_tiles: int, programs: int, target: int = TARGET_PROGRAMS) -> int:
+  """Split-K factor: about `target` programs, at least MIN_TILES_PER_SPLIT K tiles each."""
+  return max(1, min(-(-target // programs), k_tiles // MIN_TILES_PER_SPLIT))
 
 
 def choose(m: int, n: int, kp: int, int8: bool) -> Config:
   """Config for `x [m, kp] × codes [kp / 4, n]`; n must be a multiple of 16."""
   if m <= DECODE_MAX_M:
     block_m = max(16, 1 << (m - 1).bit_length())
-    wide = int8 and n >= WIDE_N
+    wide = int8 and n >= WIDE_N and block_m == 16
     block_n = block_n_for(n, 256 if wide else 128)
     programs = (n // block_n) * (-(-m // block_m))
     target = TARGET_PROGRAMS // 4 if wide else TARGET_PROGRAMS
     return Config(block_m=block_m, block_n=block_n,
                   split_k=split_for(kp // TILE_K, programs, target), num_warps=4, num_stages=3)
-  return Config(block_m=128, block_n=block_n_for(n), split_k=1, num_warps=8 if int8 else 4,
-                num_stages=3)
+  return Config(block_m=128, block_n=block_n_for(n), split_k=1, num_warps=4, num_stages=3)

@@ -2,16 +2,17 @@
 
 One kernel serves decode (block_m = 16, split-K over the contraction so that narrow layers still
 fill the GPU) and large M (block_m = 64..128, no split). Each program streams its `[Kp/4, block_n]`
-column of packed bytes once, `rows` byte rows (`rows / PLANE_ROWS` format tiles) per step. Each step
-decodes the four 2-bit planes of the loaded bytes in registers with SIMD-within-a-register inline
-PTX (`_plane`) and feeds four `[block_m, rows] × [rows, block_n]` tensor-core dots:
+column of packed bytes once, one format tile (`PLANE_ROWS` byte rows) per step. Each step decodes
+the four 2-bit planes of the loaded bytes in registers with SIMD-within-a-register inline PTX
+(`_plane`) and feeds four `[block_m, 32] × [32, block_n]` tensor-core dots:
 
   int8:  plane value v = c          (c = t + 1 in {0, 1, 2}),  x @ t = x @ v - sum(x)
   float: plane value v = 1 + c / 4  (exact in bf16/f16),       x @ t = 4 (x @ v) - 5 sum(x)
 
 accumulated in int32 (exact) or float32; the epilogue applies the correction and both scales.
-With `rows > PLANE_ROWS`, plane q of one step holds weight rows of several format tiles, so the
-caller passes x with its columns permuted to match (`permute_x`).
+Triton stages the packed bytes in shared memory and loads them straight into the MMA operand
+layout before the decode (seen in the int8 kernel's SASS), so only packed bytes cross shared
+memory.
 """
 
 from __future__ import annotations
@@ -29,21 +30,19 @@ from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Tile sizes and launch parameters.
-
-  rows: packed byte rows per step (a multiple of PLANE_ROWS dividing Kp / 4); each step covers
-    `4 * rows` rows of K. Split-K programs get `ceil(steps / split_k)` steps each.
-  """
+  """Tile sizes and launch parameters (split-K programs get `ceil(K tiles / split_k)` tiles)."""
   block_m: int = 16
   block_n: int = 128
   split_k: int = 1
-  rows: int = PLANE_ROWS
   num_warps: int = 4
   num_stages: int = 3
 
 
-# Float planes: c goes to the two top mantissa bits of 1.0, giving 1 + c/4.
+# Float planes: c goes to the two top mantissa bits of 1.0, giving 1 + c/4: (bits of 1.0, the
+# lower of those two bits). prmt selectors put bytes 0, 1 (2, 3) of a word at the low byte of
+# each 16-bit lane.
 _FLOAT_MAGIC = {jnp.dtype(jnp.bfloat16): (0x3F80, 5), jnp.dtype(jnp.float16): (0x3C00, 8)}
+_LANE_SELECTORS = (0x1100, 0x3322)
 
 
 def _plane(packed: jax.Array, q: int, dtype, asm: bool) -> jax.Array:
@@ -53,9 +52,10 @@ def _plane(packed: jax.Array, q: int, dtype, asm: bool) -> jax.Array:
   On the GPU (`asm=True`) this is inline PTX on 32-bit words holding 4 packed bytes: int8 takes
   shr + and per 4 weights; floats copy byte i into the low byte of 16-bit lane i (prmt; the high
   byte is masked off below), shift the plane's bits to the two top mantissa bits, keep those and
-  OR in the bits of 1.0 (lop3). Triton's plain shift/and/convert ran one element per instruction
-  (several instructions per weight). Pallas interpret mode cannot run inline assembly, so there
-  (`asm=False`) the same values come from jnp, and the CPU tests cover the rest of the kernel.
+  OR in the bits of 1.0 (lop3). With the jnp form compiled instead, the kernel took 1.4× (int8) to
+  1.6× (bf16) as long at 8192→28672, M = 16 (docs/kernels.md). Pallas interpret mode cannot run
+  inline assembly, so there (`asm=False`) the same values come from jnp, and the CPU tests cover
+  the rest of the kernel.
   """
   dtype = jnp.dtype(dtype)
   if not asm:
@@ -74,7 +74,8 @@ def _plane(packed: jax.Array, q: int, dtype, asm: bool) -> jax.Array:
   shift = "" if d == 0 else (f"shl.b32 $0, $0, {d}; shl.b32 $1, $1, {d};" if d > 0 else
                              f"shr.b32 $0, $0, {-d}; shr.b32 $1, $1, {-d};")
   mask = (3 << top) * 0x10001
-  asm_text = ("prmt.b32 $0, $2, $2, 0x1100; prmt.b32 $1, $2, $2, 0x3322; " + shift +
+  lo, hi = _LANE_SELECTORS
+  asm_text = (f"prmt.b32 $0, $2, $2, {lo:#x}; prmt.b32 $1, $2, $2, {hi:#x}; " + shift +
               f"lop3.b32 $0, $0, {mask:#x}, {one * 0x10001:#x}, 0xEA; "
               f"lop3.b32 $1, $1, {mask:#x}, {one * 0x10001:#x}, 0xEA;")
   [out] = pltriton.elementwise_inline_asm(
@@ -88,41 +89,30 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, steps: int, rows: int, acc_dtype,
-            asm: bool):
+def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, tiles: int, acc_dtype, asm: bool):
   split = pl.program_id(2)
-  last_step = w_ref.shape[0] // rows - 1
+  last_tile = w_ref.shape[0] // PLANE_ROWS - 1
   bm, bn = x_ref.shape[0], w_ref.shape[1]
 
   def step(i, carry):
     acc, x_acc = carry
-    s = split * steps + i
-    # Steps past the end (uneven split-K) re-read the last step against zero-padded x.
-    packed = w_ref[pl.ds(jnp.minimum(s, last_step) * rows, rows), :]
+    tile = split * tiles + i
+    # Tiles past the end (uneven split-K) re-read the last tile against zero-padded x.
+    packed = w_ref[pl.ds(jnp.minimum(tile, last_tile) * PLANE_ROWS, PLANE_ROWS), :]
     for q in range(4):
       v = _plane(packed, q, x_ref.dtype, asm)
-      x = x_ref[:, pl.ds(s * 4 * rows + q * rows, rows)]
+      x = x_ref[:, pl.ds(tile * TILE_K + q * PLANE_ROWS, PLANE_ROWS)]
       acc += jnp.dot(x, v, preferred_element_type=acc_dtype)
-      x_acc += x.astype(acc_dtype)
+      x_acc += x.astype(acc_dtype)  # summed over K once, after the loop
     return acc, x_acc
 
   acc = jnp.zeros((bm, bn), acc_dtype)
-  x_acc = jnp.zeros((bm, rows), acc_dtype)
-  acc, x_acc = jax.lax.fori_loop(0, steps, step, (acc, x_acc))
+  x_acc = jnp.zeros((bm, PLANE_ROWS), acc_dtype)
+  acc, x_acc = jax.lax.fori_loop(0, tiles, step, (acc, x_acc))
   a, b = _correction(acc_dtype)
   acc = a * acc - b * jnp.sum(x_acc, axis=1)[:, None]
   y = acc.astype(jnp.float32) * rs_ref[...][:, None] * cs_ref[...][None, :]
   o_ref[...] = y.astype(o_ref.dtype)
-
-
-def permute_x(x: jax.Array, rows: int) -> jax.Array:
-  """Reorders the columns of x `[M, Kx]` (Kx a multiple of 4 * rows) so that step s, plane q reads
-  the contiguous slice `[s * 4 * rows + q * rows, + rows)`; the identity for rows = PLANE_ROWS."""
-  if rows == PLANE_ROWS:
-    return x
-  m, kx = x.shape
-  x = x.reshape(m, kx // (4 * rows), rows // PLANE_ROWS, 4, PLANE_ROWS)
-  return x.transpose(0, 1, 3, 2, 4).reshape(m, kx)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
@@ -132,9 +122,8 @@ def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.
   """Partial products `out[s] = (x @ t[K-split s]) * row_scale[:, None] * col_scale[None, :]`.
 
   x: bf16/f16 or int8 `[M, Kx]`, M a multiple of `block_m`, zero-padded along K to
-  `Kx = split_k * ceil(Kp / (4 rows) / split_k) * 4 rows` and column-permuted by `permute_x`;
-  codes: uint8 `[Kp / 4, N]`, N a multiple of `block_n`, Kp / 4 a multiple of `rows`;
-  row_scale: float32 `[M]`; col_scale: float32 `[N]`.
+  `Kx = split_k * ceil(Kp / TILE_K / split_k) * TILE_K`; codes: uint8 `[Kp / 4, N]`, N a
+  multiple of `block_n`; row_scale: float32 `[M]`; col_scale: float32 `[N]`.
   asm: decode planes with inline PTX (default: unless interpreting).
   Returns `[split_k, M, N]` of `out_dtype` (sum over axis 0 for the product). `out_init`, if given,
   is the output buffer (aliased), so tiles the kernel fails to write keep its contents.
@@ -142,9 +131,9 @@ def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.
   m, kx = x.shape
   kp, n = codes.shape[0] * 4, codes.shape[1]
   c = config
-  steps = kx // (4 * c.rows) // c.split_k
+  tiles = kx // TILE_K // c.split_k
   acc_dtype = jnp.int32 if x.dtype == jnp.int8 else jnp.float32
-  kernel = functools.partial(_kernel, steps=steps, rows=c.rows, acc_dtype=acc_dtype,
+  kernel = functools.partial(_kernel, tiles=tiles, acc_dtype=acc_dtype,
                              asm=not interpret if asm is None else asm)
   out_shape = jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype)
   args = (x, codes, row_scale, col_scale)
