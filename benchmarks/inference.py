@@ -2,6 +2,7 @@
 
   python benchmarks/inference.py [--preset=qwen2.5-3b] [--prefill=4096,16384,65536]
       [--decode_batches=1,16,128,512] [--context=512] [--steps=16] [--repeats=3] [--out=DIR]
+      [--profile]
 
 Both models are built in the same run from random weights (no training): the packed one from a
 random latent 6:8 Sparse-BitNet model through `sbitnet.infer.export.pack_model` (linear layers via
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from profiling import device_time_summary  # benchmarks/profiling.py, beside this script
 from sbitnet.config import Config, ModelConfig, resolved_model
 from sbitnet.infer.export import materialize_int8, pack_model
 from sbitnet.infer.generation import decode, prefill
@@ -104,7 +106,8 @@ def bench_prefill(model: DecoderLM, tokens: int, repeats: int) -> dict:
   return {"tokens_per_s": tokens / seconds, "seconds": seconds, "compile_s": first}
 
 
-def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats: int) -> dict:
+def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats: int,
+                 profile: bool = False) -> dict:
   mc = model.model_cfg
   graphdef, state = nnx.split(model)
   fn = jax.jit(lambda state, logits, cache, key: decode(nnx.merge(graphdef, state), logits, cache,
@@ -129,12 +132,14 @@ def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats
     return tokens
 
   first, seconds = timed(run, args_of, repeats)
+  trace = device_time_summary(lambda: run(*args_of()), 1, top=25) if profile else None
   kv_bytes = 2 * 2 * mc.n_layers * batch * (context + steps // 2) * mc.n_kv_heads * model.head_dim
   step_bytes = state_bytes(model) + kv_bytes
   return {"tokens_per_s": batch * steps / seconds, "step_ms": 1e3 * seconds / steps,
           "compile_s": first, "bytes_per_step": step_bytes,
           "achieved_TBps": step_bytes / (seconds / steps) / 1e12,
-          "bandwidth_bound_tokens_per_s": batch / (step_bytes / READ_BANDWIDTH)}
+          "bandwidth_bound_tokens_per_s": batch / (step_bytes / READ_BANDWIDTH),
+          **({"profile": trace} if trace else {})}
 
 
 def main() -> None:
@@ -146,6 +151,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/sbitnet_inference"))
+  parser.add_argument("--profile", action="store_true",
+                      help="also trace one decode call per case: device time by kernel and op")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   log = os.path.join(args.out, "inference.jsonl")
@@ -157,8 +164,8 @@ def main() -> None:
   print(json.dumps(header), flush=True)
   with open(log, "w") as f:
     f.write(json.dumps(header) + "\n")
-  prefill_sizes = [int(t) for t in args.prefill.split(",")]
-  batches = [int(b) for b in args.decode_batches.split(",")]
+  prefill_sizes = [int(t) for t in args.prefill.split(",") if t]
+  batches = [int(b) for b in args.decode_batches.split(",") if b]
   # Priority order: the targets first, the largest (slowest to compile and run) last.
   cases = ([("decode", b) for b in batches if b in (1, 128)] + [("prefill", t) for t in
            prefill_sizes[:2]] + [("decode", b) for b in batches if b not in (1, 128)]
@@ -170,7 +177,7 @@ def main() -> None:
         continue  # the int8 weights serve only calls over DECODE_MAX_M rows
       try:
         r = (bench_prefill(model, size, args.repeats) if kind == "prefill" else
-             bench_decode(model, size, args.context, args.steps, args.repeats))
+             bench_decode(model, size, args.context, args.steps, args.repeats, args.profile))
       except Exception as e:  # noqa: BLE001  (out of memory at the largest sizes: report, go on)
         r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
       r.update(kind=kind, size=size, model=name)

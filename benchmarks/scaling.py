@@ -116,44 +116,23 @@ def profile(compiled, state, batch, mesh, args, name: str) -> None:
   """Writes `hlo_<mesh>.txt` (the optimized HLO) and `profile_<mesh>.json`: device time per
   kernel and per HLO op over `args.profile` traced steps, and the all-reduce bus bandwidth of the
   mesh's devices (so collective time can be read against what NCCL reaches here)."""
-  import glob
-  import gzip
-  import tempfile
   import time
 
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
 
+  from profiling import device_time_summary  # benchmarks/profiling.py, beside this script
+
   with open(os.path.join(args.out, f"hlo_{name}.txt"), "w") as f:
     f.write(compiled.as_text())
-  trace_dir = tempfile.mkdtemp()
-  start = time.perf_counter()
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    for _ in range(args.profile):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics["loss"])
-  wall = time.perf_counter() - start
-  [path] = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-  with gzip.open(path) as f:
-    events = json.load(f)["traceEvents"]
-  names = {e["pid"]: str(e.get("args", {}).get("name", "")) for e in events
-           if e.get("ph") == "M" and e.get("name") == "process_name"}
-  gpu_pids = {pid for pid, n in names.items() if "GPU:0" in n}
-  by_kernel, by_op, busy = {}, {}, 0.0
-  for e in events:
-    if e.get("ph") != "X" or e.get("pid") not in gpu_pids:
-      continue
-    us = float(e.get("dur", 0))
-    busy += us
-    by_kernel[e["name"]] = by_kernel.get(e["name"], 0.0) + us
-    op = str(e.get("args", {}).get("hlo_op", e["name"]))
-    by_op[op] = by_op.get(op, 0.0) + us
+  carry = [state]
 
-  def top(table, n=60):
-    return sorted(((round(us / args.profile / 1e3, 3), k) for k, us in table.items()),
-                  reverse=True)[:n]
+  def step():
+    carry[0], metrics = compiled(carry[0], batch)
+    return metrics["loss"]
 
+  summary = {"mesh": name, **device_time_summary(step, args.profile)}
   devices = mesh.devices.reshape(-1)
   flat = jax.sharding.Mesh(devices, ("d",))
   x = jax.device_put(jnp.ones((len(devices), 64 * 2**20), jnp.float32),
@@ -167,11 +146,8 @@ def profile(compiled, state, batch, mesh, args, name: str) -> None:
   jax.block_until_ready(y)
   seconds = (time.perf_counter() - start) / 5
   n = len(devices)
-  busbw = 2 * (n - 1) / n * 256 * 2**20 / seconds / 1e9 if n > 1 else None
-  summary = {"mesh": name, "steps": args.profile, "trace_processes": sorted(names.values()), "wall_ms_per_step": wall / args.profile * 1e3,
-             "gpu0_busy_ms_per_step": busy / args.profile / 1e3,
-             "allreduce_256MiB_f32_ms": seconds * 1e3, "allreduce_busbw_GBps": busbw,
-             "top_kernels_ms_per_step": top(by_kernel), "top_hlo_ops_ms_per_step": top(by_op)}
+  summary["allreduce_256MiB_f32_ms"] = seconds * 1e3
+  summary["allreduce_busbw_GBps"] = 2 * (n - 1) / n * 256 * 2**20 / seconds / 1e9 if n > 1 else None
   with open(os.path.join(args.out, f"profile_{name}.json"), "w") as f:
     json.dump(summary, f, indent=1)
 
