@@ -1,10 +1,11 @@
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sbitnet.config import TrainConfig
-from sbitnet.train.loss import chunked_cross_entropy
+from sbitnet.train.loss import chunked_cross_entropy, logits_f32
 from sbitnet.train.schedules import learning_rate, weight_decay
 
 
@@ -27,6 +28,37 @@ def test_chunked_cross_entropy_equals_full(chunk):
   g_ref = jax.grad(lambda h, w: full_cross_entropy(h, w, targets), argnums=(0, 1))
   for a, b in zip(g(hidden, head), g_ref(hidden, head)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_loss_backward_multiplies_in_bf16_and_accumulates_the_head_in_f32():
+  """DESIGN: matmuls in bf16. JAX's transpose of a bf16 dot with f32 output would promote both
+  backward matmuls to f32; logits_f32 keeps them bf16 and the head gradient f32."""
+  key = jax.random.split(jax.random.key(1), 3)
+  hidden = jax.random.normal(key[0], (2, 9, 16)).astype(jnp.bfloat16)
+  head = jax.random.normal(key[1], (16, 40))
+  targets = jax.random.randint(key[2], (2, 9), 0, 40)
+  grad = jax.grad(lambda h, w: chunked_cross_entropy(h, w, targets, 4)[0], argnums=(0, 1))
+  jaxpr = jax.make_jaxpr(grad)(hidden, head)
+
+  def dots(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        yield tuple(v.aval.dtype for v in eqn.invars)
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        yield from dots(sub)
+
+  found = list(dots(jaxpr.jaxpr))
+  assert len(found) >= 3 and all(d == (jnp.bfloat16, jnp.bfloat16) for d in found), found
+  d_hidden, d_head = grad(hidden, head)
+  assert d_hidden.dtype == jnp.bfloat16 and d_head.dtype == jnp.float32
+  ref = jax.grad(lambda h, w: full_cross_entropy(h.astype(jnp.float32),
+                                                 w.astype(jnp.bfloat16).astype(jnp.float32),
+                                                 targets), argnums=(0, 1))(hidden, head)
+  np.testing.assert_allclose(np.asarray(d_hidden, np.float32), ref[0], rtol=0.05, atol=0.05)
+  np.testing.assert_allclose(d_head, ref[1], rtol=0.05, atol=0.05)
+  np.testing.assert_array_equal(logits_f32(hidden, head),
+                                jnp.dot(hidden, head.astype(jnp.bfloat16),
+                                        preferred_element_type=jnp.float32))
 
 
 def test_ignored_targets():
