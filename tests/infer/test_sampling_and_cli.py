@@ -47,8 +47,10 @@ def test_export_and_generate_cli(workdir, packed_file, tmp_path):
   assert exported.returncode == 0, exported.stderr[-3000:]
   assert "MiB packed vs" in exported.stdout and "bf16 model" in exported.stdout
   flags = [f"--prompt={p}" for p in PROMPTS]
+  # 3 prompts padded to 32 tokens: the prefill's 96 rows take the int8-weights path, which must
+  # give the same tokens as the packed path (exact int32 accumulation in both).
   generated = run_cli("sbitnet.generate", f"--model={out}", *flags, "--max_new_tokens=6",
-                      "--temperature=0")
+                      "--temperature=0", "--int8_weights")
   assert generated.returncode == 0, generated.stderr[-3000:]
   run = load_packed(packed_file)
   new = Generator(run.model).generate([run.tokenizer.encode(p) for p in PROMPTS], 6,
