@@ -225,16 +225,20 @@ def sweep_candidates(m, k, n, int8):
            Config(block_m=block_m, block_n=128, split_k=splits[3], num_stages=4)])
 
 
+def _sweep_inputs(name: str, m: int):
+  """(K, N, rotating packed copies of one random 6:8 weight, x bf16 [m, K]) for a sweep shape."""
+  k, n = SWEEP_SHAPES[name]
+  t, gamma = _ternary(jax.random.key(3), k, n)
+  ps = [pack(t, gamma + i * 1e-3) for i in range(copies(k * n // 4))]
+  return k, n, ps, _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+
+
 def bench_sweep(shapes, m, log):
   """Times ternary_matmul (the whole op: quantize/pad/permute, kernel, split-K sum) over tile
   configs; each config's output is first compared with the XLA path."""
   rows = []
   for name in shapes:
-    k, n = SWEEP_SHAPES[name]
-    t, gamma = _ternary(jax.random.key(3), k, n)
-    r = copies(k * n // 4)
-    ps = [pack(t, gamma + i * 1e-3) for i in range(r)]
-    x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    k, n, ps, x = _sweep_inputs(name, m)
     for quantize_x in (True, False):
       chosen = config_lib.choose(m, n, -(-k // 128) * 128, quantize_x)
       cands = sweep_candidates(m, k, n, quantize_x)
@@ -322,11 +326,7 @@ def bench_kernel_only(shapes, m, log):
   inline-asm decode and with the jnp decode, against the whole op."""
   rows = []
   for name in shapes:
-    k, n = SWEEP_SHAPES[name]
-    t, gamma = _ternary(jax.random.key(3), k, n)
-    r = copies(k * n // 4)
-    ps = [pack(t, gamma + i * 1e-3) for i in range(r)]
-    x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    k, n, ps, x = _sweep_inputs(name, m)
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
       xk, rs = absmax_int8(x) if quantize_x else (x, jnp.ones((m, 1), jnp.float32))
