@@ -217,6 +217,16 @@ def to_json(cfg: Config, model: ModelConfig) -> str:
   return json.dumps(to_dict(cfg, model), indent=2, sort_keys=True)
 
 
+def read_config_json(directory: str, hint: str) -> dict[str, Any]:
+  """`directory/config.json` as a dict; FileNotFoundError naming the directory and `hint` (what
+  directory was expected) when it is missing."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No config.json in {directory!r}: {hint}")
+  with open(path) as f:
+    return json.load(f)
+
+
 def from_dict(saved: dict[str, Any]) -> tuple[Config, ModelConfig]:
   """The inverse of `to_dict`: (Config, resolved ModelConfig)."""
   raw = saved["config"]

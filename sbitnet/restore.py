@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
 from flax import nnx
 
 from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta
-from sbitnet.config import Config, ModelConfig, from_dict
+from sbitnet.config import Config, ModelConfig, from_dict, read_config_json
 from sbitnet.data import get_tokenizer
 from sbitnet.models import DecoderLM
 from sbitnet.sharding import make_mesh, state_shardings
@@ -27,12 +25,8 @@ class LoadedRun:
 
 def read_config(workdir: str) -> tuple[Config, ModelConfig]:
   """`workdir/config.json` -> (Config, resolved ModelConfig)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No config.json in {workdir!r}: give the --workdir of a training run "
-                            "(or of `python -m sbitnet.convert`).")
-  with open(path) as f:
-    return from_dict(json.load(f))
+  return from_dict(read_config_json(workdir, "give the --workdir of a training run (or of "
+                                    "`python -m sbitnet.convert`)."))
 
 
 def load_run(workdir: str, step: int | None = None, *, dtype: str | None = None) -> LoadedRun:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbitnet.kernels import PackedTernary, pack, ternary_matmul
-from sbitnet.kernels.ternary_matmul.config import DECODE_MAX_M
-from sbitnet.kernels.ternary_matmul.pack import unpack_codes
-from sbitnet.ops import absmax_int8, quantize_activations
+from sbitnet.kernels import PackedTernary, pack, ternary_matmul, unpack_int8
+from sbitnet.ops import quantize_activations
 
 
 class PackedLinear(nnx.Module):
@@ -46,17 +43,16 @@ class PackedLinear(nnx.Module):
     self.weight_int8 = nnx.data(None)
 
   def materialize_int8(self) -> None:
-    """Keeps the ternary weight unpacked, int8 `[out, in]` (K-major, the operand layout of int8
-    tensor-core GEMMs), beside the codes. Calls with more than `DECODE_MAX_M` rows and int8
-    activations (prefill, large-batch decode) then run XLA's int8 GEMM on it instead of unpacking
-    the codes on every call; smaller calls still stream the 2-bit codes. Costs 8 more bits per
-    weight of memory. Works on a stacked (`[layers, ...]`) layer too."""
-    def unpacked(codes):
-      return unpack_codes(codes)[:self.in_features].T
-    codes = self.codes[...]
-    for _ in range(codes.ndim - 2):
+    """Keeps the ternary weight unpacked, int8 `[out, in]` (`sbitnet.kernels.unpack_int8`), beside
+    the codes and passes it to `ternary_matmul`: calls it sends to XLA's int8 GEMM (on GPU, more
+    than 64 rows: prefill, large-batch decode) skip unpacking the codes each time; smaller calls
+    still stream the 2-bit codes. Costs 8 more bits per weight of memory. Works on a stacked
+    (`[layers, ...]`) layer too."""
+    def unpacked(codes, scale):
+      return unpack_int8(PackedTernary(codes, scale, in_features=self.in_features))
+    for _ in range(self.codes[...].ndim - 2):
       unpacked = jax.vmap(unpacked)
-    self.weight_int8 = nnx.Cache(jax.jit(unpacked)(codes))
+    self.weight_int8 = nnx.Cache(jax.jit(unpacked)(self.codes[...], self.scale[...]))
 
   def packed(self) -> PackedTernary:
     """The weight as a `PackedTernary` (logical `[in, out]`)."""
@@ -69,25 +65,10 @@ class PackedLinear(nnx.Module):
       x = x.astype(self.dtype)
     if self.act_bits not in (None, 8):
       x = quantize_activations(x, self.act_bits)
-    rows = math.prod(x.shape[:-1])
-    if self.weight_int8 is not None and self.act_bits == 8 and rows > DECODE_MAX_M:
-      y = _int8_matmul(x, self.weight_int8[...], self.scale[...])
-    else:
-      y = ternary_matmul(x, self.packed(), quantize_x=self.act_bits == 8,
-                         implementation=self.implementation)
+    y = ternary_matmul(x, self.packed(), quantize_x=self.act_bits == 8,
+                       implementation=self.implementation,
+                       int8_weight=None if self.weight_int8 is None else self.weight_int8[...])
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
 
-
-def _int8_matmul(x: jax.Array, weight_int8: jax.Array, scale: jax.Array) -> jax.Array:
-  """`(absmax_int8(x) @ weight_int8.T) * s_x * scale` with exact int32 accumulation.
-
-  x float `[..., in]`, weight_int8 int8 `[out, in]`, scale float32 `[out]` -> `[..., out]` in the
-  dtype of `x`.
-  """
-  xq, x_scale = absmax_int8(x.reshape(-1, x.shape[-1]))
-  acc = jax.lax.dot_general(xq, weight_int8, (((1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.int32)
-  y = acc.astype(jnp.float32) * x_scale * scale
-  return y.astype(x.dtype).reshape(*x.shape[:-1], weight_int8.shape[0])

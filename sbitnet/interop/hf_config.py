@@ -7,11 +7,9 @@ field and its value, before any tensor is read.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
-from sbitnet.config import ModelConfig
+from sbitnet.config import ModelConfig, read_config_json
 from sbitnet.models.presets import PRESETS
 
 SUPPORTED = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
@@ -26,12 +24,8 @@ class UnsupportedCheckpoint(ValueError):
 
 
 def read_hf_config(directory: str) -> dict[str, Any]:
-  path = os.path.join(directory, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No config.json in {directory!r}: give a local Hugging Face model "
-                            "directory (config.json + *.safetensors); nothing is downloaded.")
-  with open(path) as f:
-    return json.load(f)
+  return read_config_json(directory, "give a local Hugging Face model directory (config.json + "
+                          "*.safetensors); nothing is downloaded.")
 
 
 def _architecture(hf: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from sbitnet.kernels.sparse_quantize.api import sparse_quantize_pack
 from sbitnet.kernels.ternary_matmul.api import ternary_matmul
 from sbitnet.kernels.ternary_matmul.pack import (FORMAT_VERSION, PackedTernary, bits_per_weight,
                                                  pack, unpack)
+from sbitnet.kernels.ternary_matmul.reference import unpack_int8
 
 __all__ = ["FORMAT_VERSION", "PackedTernary", "bits_per_weight", "pack", "sparse_quantize_pack",
-           "ternary_matmul", "unpack"]
+           "ternary_matmul", "unpack", "unpack_int8"]

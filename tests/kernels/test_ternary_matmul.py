@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sbitnet.kernels import pack, ternary_matmul
+from sbitnet.kernels import pack, ternary_matmul, unpack_int8
 from sbitnet.kernels.ternary_matmul import pallas_triton
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 from sbitnet.ops import absmax_int8
@@ -154,3 +154,15 @@ def test_errors_name_the_problem():
     ternary_matmul(x, dataclasses.replace(p, version=2))
   with pytest.raises(ValueError, match="scale"):
     ternary_matmul(x, dataclasses.replace(p, scale=p.scale.astype(jnp.bfloat16)))
+  with pytest.raises(ValueError, match=r"int8_weight must be int8 \[16, 128\].*int8 \[128, 16\]"):
+    ternary_matmul(x, p, quantize_x=True, int8_weight=unpack_int8(p).T)
+
+
+def test_kept_int8_weight_is_used_and_gives_the_same_product():
+  x, _, _, p = _case(11, 70, 256, 48, (6, 8))
+  y = ternary_matmul(x, p, quantize_x=True, implementation="xla")
+  kept = unpack_int8(p)
+  np.testing.assert_array_equal(
+      ternary_matmul(x, p, quantize_x=True, implementation="xla", int8_weight=kept), y)
+  np.testing.assert_array_equal(
+      ternary_matmul(x, p, quantize_x=True, implementation="xla", int8_weight=-kept), -y)

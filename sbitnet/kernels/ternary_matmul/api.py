@@ -72,7 +72,8 @@ def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
 def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                    implementation: str | None = None,
                    config: pallas_triton.Config | None = None,
-                   out_init: jax.Array | None = None) -> jax.Array:
+                   out_init: jax.Array | None = None,
+                   int8_weight: jax.Array | None = None) -> jax.Array:
   """`y = x @ (t * gamma)` for a packed ternary weight `p` (logical `[K, N]`).
 
   Args:
@@ -86,6 +87,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     config: Pallas tile override (tuning and tests); None picks by shape.
     out_init: Pallas only (tests): a `[split_k, Mp, Np]` buffer the kernel writes into, so that
       tiles left unwritten keep its (poison) values.
+    int8_weight: `unpack_int8(p)`, kept by the caller: the XLA int8 path (`quantize_x`, chosen
+      for large M on GPU) multiplies it instead of unpacking `p` on every call. Same result.
 
   Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(None, ax),
   scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
@@ -94,6 +97,10 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     `[..., N]` in the dtype of `x`, accumulated in float32 (int32 with `quantize_x`).
   """
   _check_inputs(x, p, implementation)
+  if int8_weight is not None and (int8_weight.dtype != jnp.int8
+                                  or int8_weight.shape != p.shape[::-1]):
+    raise ValueError(f"int8_weight must be int8 {list(p.shape[::-1])} (unpack_int8 of this "
+                     f"weight), got {int8_weight.dtype} {list(int8_weight.shape)}.")
   lead = x.shape[:-1]
   m = math.prod(lead)
   x2 = x.reshape(m, x.shape[-1])
@@ -104,7 +111,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   if quantize_x:
     xq, x_scale = absmax_int8(x2)
     if impl == "xla":
-      y = reference.matmul_int8(xq, x_scale, p.codes, p.scale)
+      t = reference.unpack_int8(p) if int8_weight is None else int8_weight
+      y = reference.matmul_int8(xq, x_scale, t, p.scale)
     else:
       y = _pallas(xq, x_scale[:, 0], p, x.dtype, config, out_init)
   elif impl == "xla":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sbitnet.kernels.ternary_matmul.pack import unpack_codes
+from sbitnet.kernels.ternary_matmul.pack import PackedTernary, unpack_codes
 
 _CONTRACT = (((1,), (0,)), ((), ()))
 
@@ -24,13 +24,18 @@ def matmul_float(x: jax.Array, codes: jax.Array, scale: jax.Array) -> jax.Array:
   return acc * scale
 
 
-def matmul_int8(xq: jax.Array, x_scale: jax.Array, codes: jax.Array,
-                scale: jax.Array) -> jax.Array:
-  """`y = (xq @ t) * x_scale * scale`: int8 × int8 → exact int32 accumulation, scales after.
+def unpack_int8(p: PackedTernary) -> jax.Array:
+  """The ternary weight of `p` as int8 `[N, K]`: K-major, the operand layout of int8 tensor-core
+  GEMMs. Callers that multiply the same weight by many rows keep it (`ternary_matmul`'s
+  `int8_weight`) instead of unpacking the codes on every call."""
+  return unpack_codes(p.codes)[:p.in_features].T
 
-  xq: int8 `[M, K]`; x_scale: float32 `[M, 1]`; codes: uint8 `[Kp / 4, N]`; scale: float32 `[N]`.
-  Returns float32 `[M, N]`.
+
+def matmul_int8(xq: jax.Array, x_scale: jax.Array, t: jax.Array, scale: jax.Array) -> jax.Array:
+  """`y = (xq @ t.T) * x_scale * scale`: int8 × int8 → exact int32 accumulation, scales after.
+
+  xq: int8 `[M, K]`; x_scale: float32 `[M, 1]`; t: int8 `[N, K]` (`unpack_int8`); scale: float32
+  `[N]`. Returns float32 `[M, N]`.
   """
-  t = unpack_codes(codes)[:xq.shape[1]]
-  acc = jax.lax.dot_general(xq, t, _CONTRACT, preferred_element_type=jnp.int32)
+  acc = jax.lax.dot_general(xq, t, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
   return acc.astype(jnp.float32) * x_scale * scale
