@@ -71,7 +71,7 @@ class TrainConfig:
   b1: float = 0.9
   b2: float = 0.95
   grad_clip: float = 1.0
-  loss_chunk: int = 1024           # tokens per chunk of the chunked cross-entropy
+  loss_chunk: int = 1024           # tokens per device in each chunk of the chunked cross-entropy
   log_every: int = 10
   stats_every: int = 25            # mask flip rate, zero fraction, gamma
   eval_every: int = 100
