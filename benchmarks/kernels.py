@@ -1,11 +1,13 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
-  python benchmarks/kernels.py [--part decode|large|sweep|ceiling|fused|all] [--shapes a,b]
-                               [--ms 1,16] [--skip-checks] [--tag name]
+  python benchmarks/kernels.py [--part decode|large|sweep|ceiling|fused|int8gemm|all]
+                               [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); ceiling: a kernel that only streams the packed
-bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op.
+bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
+int8gemm: the Pallas int8 GEMM with fused scales (kept int8 weights) over tile configs, each
+checked against XLA first, beside XLA's int8 and bf16 GEMMs.
 
 Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
 one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
@@ -36,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
-from sbitnet.kernels.ternary_matmul import pallas_triton  # noqa: E402
+from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pack import unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8  # noqa: E402
@@ -368,6 +370,80 @@ def bench_fused(log):
   return rows
 
 
+INT8_GEMM_SHAPES = {"3b.q": (2048, 2048), "3b.gateup": (2048, 22016), "3b.down": (11008, 2048),
+                    "8k.up": (8192, 28672)}
+INT8_GEMM_MS = (128, 256, 2048, 16384)
+
+
+def int8_gemm_candidates(m, k, n):
+  """Tile configs of the int8 GEMM to time for one problem (the dispatcher's is added first)."""
+  G = int8_gemm.GemmConfig
+  if m >= 1024:
+    cands = [G(128, 128, 128, 1, 4, 3), G(128, 128, 128, 1, 8, 3), G(128, 256, 128, 1, 8, 3),
+             G(128, 256, 64, 1, 8, 4), G(256, 128, 128, 1, 8, 3), G(128, 128, 64, 1, 4, 4),
+             G(64, 128, 128, 1, 4, 4), G(128, 256, 128, 1, 8, 4)]
+  else:
+    cands = [G(bm, bn, 128, s, 4, st) for bm in (64, 128) for bn in (64, 128) for s in (1, 2, 4, 8)
+             for st in (3,)] + [G(64, 128, 128, 4, 4, 4), G(128, 128, 128, 2, 8, 3)]
+  return [c for c in cands if not n % c.block_n and not k % (c.block_k * c.split_k)
+          and m % c.block_m == 0]
+
+
+def bench_int8_gemm(shapes, ms, log):
+  """The whole op with a kept int8 weight (activation quantization included):
+  `ternary_matmul(x, p, quantize_x=True, int8_weight=t)` through XLA (int8 GEMM with int32 out,
+  then a scale pass) and through the Pallas int8 GEMM (scales fused, bf16 out) per tile config,
+  each checked against XLA first; XLA's bf16 GEMM on the same weight as the baseline."""
+  rows = []
+  for name in shapes:
+    k, n = INT8_GEMM_SHAPES[name]
+    t, gamma = _ternary(jax.random.key(4), k, n)
+    p = pack(t, gamma)
+    ts = [t.T + jnp.int8(0) * i for i in range(copies(k * n))]  # [N, K], the kept layout
+    wb = [t.astype(jnp.bfloat16) + 0 * i for i in range(copies(2 * k * n))]
+    for m in ms:
+      x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+      est = 2 * m * k * n / 600e12 + k * n / 3e12
+
+      def op(x, t, implementation, config=None):
+        return ternary_matmul(x, p, quantize_x=True, implementation=implementation,
+                              int8_weight=t, config=config)
+
+      ref = np.asarray(op(x, ts[0], "xla"), np.float64)
+      res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est),
+             "ternary_xla_int8": timed(lambda x, t: op(x, t, "xla"), [(x, t) for t in ts], est)}
+      chosen = config_lib.choose_int8_gemm(m, n, k)
+      cands = [chosen] + [c for c in int8_gemm_candidates(m, k, n) if c != chosen]
+      for c in cands:
+        f = functools.partial(op, implementation="pallas", config=c)
+        try:
+          out = np.asarray(jax.jit(f)(x, ts[0]), np.float64)
+          err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+          if not err < 1e-3:
+            log(f"  int8gemm {name} m={m} {c}: WRONG rel_err={err:.2e}")
+            continue
+          sec = timed(f, [(x, t) for t in ts], est)
+        except Exception as e:  # a failing config is reported, the rest still run
+          log(f"  int8gemm {name} m={m} {c}: ERROR {type(e).__name__}: {str(e)[:300]}")
+          continue
+        res[f"pallas {_short_gemm(c)}" + (" (default)" if c == chosen else "")] = sec
+      base = res["xla_bf16"]
+      for impl, sec in res.items():
+        rows.append(dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6,
+                         speedup_vs_bf16=base / sec, tops=2 * m * k * n / sec / 1e12))
+      pallas = sorted((v, i) for i, v in res.items() if i.startswith("pallas"))
+      log(f"  int8gemm {name:9s} m={m:5d} bf16={base * 1e6:8.1f}us ternary_xla_int8="
+          f"{res['ternary_xla_int8'] * 1e6:8.1f}us ({base / res['ternary_xla_int8']:.2f}x)" +
+          "".join(f"\n      {i}: {v * 1e6:8.1f}us ({base / v:.2f}x)" for v, i in pallas[:4]) +
+          "".join(f"\n      {i}: {v * 1e6:8.1f}us ({base / v:.2f}x)" for v, i in pallas[4:]
+                  if "default" in i))
+  return rows
+
+
+def _short_gemm(c):
+  return f"bm{c.block_m} bn{c.block_n} bk{c.block_k} split{c.split_k} w{c.num_warps} s{c.num_stages}"
+
+
 def _fmt(v):
   return "" if v is None else f"{v:.2f}"
 
@@ -375,7 +451,7 @@ def _fmt(v):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
-                  choices=("decode", "large", "fused", "sweep", "ceiling", "all"))
+                  choices=("decode", "large", "fused", "sweep", "ceiling", "int8gemm", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -418,6 +494,10 @@ def main():
     result["matmul"] = rows
   if args.part in ("fused", "all"):
     result["fused"] = bench_fused(log)
+  if args.part in ("int8gemm", "all"):
+    names = [s for s in INT8_GEMM_SHAPES if not args.shapes or s in args.shapes.split(",")]
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else INT8_GEMM_MS
+    result["int8_gemm"] = bench_int8_gemm(names, ms, log)
   tag = args.tag or args.part
   with open(os.path.join(out_dir, f"kernels_{tag}.json"), "w") as f:
     json.dump(result, f, indent=1)

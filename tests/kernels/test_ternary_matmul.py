@@ -7,7 +7,9 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from sbitnet.kernels import pack, ternary_matmul, unpack_int8
-from sbitnet.kernels.ternary_matmul import pallas_triton
+from sbitnet.kernels.ternary_matmul import config as config_lib
+from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton
+from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 from sbitnet.ops import absmax_int8
 from tests.kernels.base import PATTERNS, activations, rel_err, ternary
@@ -166,3 +168,65 @@ def test_kept_int8_weight_is_used_and_gives_the_same_product():
       ternary_matmul(x, p, quantize_x=True, implementation="xla", int8_weight=kept), y)
   np.testing.assert_array_equal(
       ternary_matmul(x, p, quantize_x=True, implementation="xla", int8_weight=-kept), -y)
+
+
+@pytest.mark.parametrize("config", [GemmConfig(block_m=16, block_n=32, block_k=64, split_k=3),
+                                    GemmConfig(block_m=64, block_n=16, block_k=128, split_k=1),
+                                    GemmConfig(block_m=32, block_n=48, block_k=32, split_k=2)],
+                         ids=str)
+def test_int8_gemm_writes_every_tile_and_equals_xla(config):
+  """M, N and K off the tiles (padded by the wrapper); the kept int8 weight is the one used."""
+  m, k, n = 70, 200, 96
+  x, _, _, p = _case(12, m, k, n, (6, 8))
+  ref = ternary_matmul(x, p, quantize_x=True, implementation="xla")
+  mp = -(-m // config.block_m) * config.block_m
+  dtype = jnp.float32 if config.split_k > 1 else x.dtype
+  poison = jnp.full((config.split_k, mp, n), jnp.nan, dtype)
+  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
+                       out_init=poison)
+  assert out.shape == (m, n) and out.dtype == x.dtype
+  assert np.isfinite(np.asarray(out, np.float32)).all()
+  # Exact int32 accumulation and the same scale order: equal up to the split-K float32 sum.
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                             rtol=1e-2 if config.split_k > 1 else 0, atol=1e-6)
+  kept = -unpack_int8(p)
+  np.testing.assert_allclose(
+      np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
+                                int8_weight=kept), np.float32),
+      -np.asarray(ref, np.float32), rtol=1e-2 if config.split_k > 1 else 0, atol=1e-6)
+
+
+def test_int8_gemm_is_the_pallas_path_above_decode_sizes_and_checks_its_inputs():
+  m, k, n = config_lib.DECODE_MAX_M + 1, 256, 48
+  x, _, _, p = _case(13, m, k, n, (2, 4))
+  kept = unpack_int8(p)
+  # Above M = 64 the Pallas path with quantize_x multiplies the int8 weight (the kept one here).
+  np.testing.assert_allclose(
+      np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                int8_weight=-kept), np.float32),
+      -np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32),
+      atol=1e-6)
+  with pytest.raises(ValueError, match="int8 GEMM config"):
+    ternary_matmul(x, p, implementation="pallas", config=GemmConfig())
+  with pytest.raises(ValueError, match="block_n=32 must divide N"):
+    ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                   config=GemmConfig(block_n=32))
+  with pytest.raises(ValueError, match="does not tile"):
+    int8_gemm.matmul(jnp.zeros((64, 96), jnp.int8), jnp.zeros((64, 96), jnp.int8),
+                     jnp.ones(64), jnp.ones(64), config=GemmConfig(64, 64, 64), out_dtype=jnp.float32,
+                     interpret=True)
+
+
+@pytest.mark.parametrize("m", [65, 128, 1000, 1024, 16384])
+@pytest.mark.parametrize("k,n", [(896, 128), (2048, 2048), (2048, 22016), (11008, 2048),
+                                 (8192, 28672), (200, 48)])
+def test_int8_gemm_configs_tile_the_model_shapes(m, k, n):
+  c = config_lib.choose_int8_gemm(m, -(-n // 16) * 16, k)
+  assert -(-n // 16) * 16 % c.block_n == 0 and c.block_m % 16 == 0 and c.block_k % 32 == 0
+  assert c.split_k == 1 or -(-k // c.block_k) >= c.split_k * config_lib.MIN_TILES_PER_SPLIT
+
+
+def test_dispatcher_takes_the_int8_gemm_where_it_measured_faster():
+  assert config_lib.int8_gemm_wins(4096, 2048, 22016)  # Qwen-3B gate/up at prefill
+  assert not config_lib.int8_gemm_wins(4096, 8192, 28672)  # cuBLAS via XLA was faster
+  assert not config_lib.int8_gemm_wins(128, 2048, 2048)  # large-batch decode: XLA

@@ -8,14 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul import config as config_lib
-from sbitnet.kernels.ternary_matmul import pallas_triton, reference
+from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton, reference
 from sbitnet.kernels.ternary_matmul.pack import TILE_K, PackedTernary, check_packed
 from sbitnet.ops import absmax_int8
 
 IMPLEMENTATIONS = ("xla", "pallas")
 PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
-# Large M (> DECODE_MAX_M) on GPU: the faster of the two as measured in docs/kernels.md.
-LARGE_M_IMPLEMENTATION = "xla"
 
 
 def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) -> None:
@@ -31,12 +29,16 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) ->
                      f"([in, out]); x's last axis must be {p.in_features}.")
 
 
-def _pick(m: int, x_dtype, quantize_x: bool) -> str:
+def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool) -> str:
+  """The measured faster implementation on GPU (docs/kernels.md): the 2-bit kernel for M <= 64;
+  above, the Pallas int8 GEMM where it beat XLA's, XLA otherwise (bf16 activations included)."""
   if jax.default_backend() != "gpu":
     return "xla"
   if not quantize_x and x_dtype not in PALLAS_FLOAT_DTYPES:
     return "xla"
-  return "pallas" if m <= config_lib.DECODE_MAX_M else LARGE_M_IMPLEMENTATION
+  if m <= config_lib.DECODE_MAX_M:
+    return "pallas"
+  return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, k, n) else "xla"
 
 
 def _pad_to(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -69,9 +71,31 @@ def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
   return parts.sum(0, dtype=jnp.float32)[:m, :n] if c.split_k > 1 else parts[0, :m, :n]
 
 
+def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax.Array,
+               out_dtype, config: int8_gemm.GemmConfig | None,
+               out_init: jax.Array | None) -> jax.Array:
+  """`(xq @ t.T) * row_scale * col_scale` through the Pallas int8 GEMM, padding M, N and K."""
+  (m, k), n = xq.shape, t.shape[0]
+  n16 = -(-n // 16) * 16
+  c = config or config_lib.choose_int8_gemm(m, n16, k)
+  if n16 % c.block_n or c.block_m % 16 or c.block_k % 32 or c.split_k < 1:
+    raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
+                     f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, block_k="
+                     f"{c.block_k} of 32, and split_k={c.split_k} positive.")
+  mp = -(-m // c.block_m) * c.block_m
+  kp = -(-k // (c.block_k * c.split_k)) * c.block_k * c.split_k
+  xq = _pad_to(_pad_to(xq, 1, kp), 0, mp)
+  t = _pad_to(_pad_to(t, 1, kp), 0, n16)
+  row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, n16)
+  part_dtype = out_dtype if c.split_k == 1 else jnp.float32
+  parts = int8_gemm.matmul(xq, t, row_scale, col_scale, config=c, out_dtype=part_dtype,
+                           interpret=jax.default_backend() != "gpu", out_init=out_init)
+  return parts.sum(0, dtype=jnp.float32)[:m, :n] if c.split_k > 1 else parts[0, :m, :n]
+
+
 def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                    implementation: str | None = None,
-                   config: pallas_triton.Config | None = None,
+                   config: pallas_triton.Config | int8_gemm.GemmConfig | None = None,
                    out_init: jax.Array | None = None,
                    int8_weight: jax.Array | None = None) -> jax.Array:
   """`y = x @ (t * gamma)` for a packed ternary weight `p` (logical `[K, N]`).
@@ -83,12 +107,15 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       does), then `y = (x_q @ t) * s_x * gamma` with exact int32 accumulation.
     implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
       off GPU), or None: XLA off GPU; on GPU the decode kernel for M <= 64 and the measured
-      faster implementation above.
-    config: Pallas tile override (tuning and tests); None picks by shape.
+      faster implementation above. Pallas with `quantize_x` above M = 64 unpacks the weight to
+      int8 (or takes `int8_weight`) and runs the int8 GEMM with fused scales (`int8_gemm`);
+      otherwise the 2-bit kernel (`pallas_triton`) streams the packed codes.
+    config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
+      kernel or an `int8_gemm.GemmConfig` for the int8 GEMM; None picks by shape.
     out_init: Pallas only (tests): a `[split_k, Mp, Np]` buffer the kernel writes into, so that
       tiles left unwritten keep its (poison) values.
-    int8_weight: `unpack_int8(p)`, kept by the caller: the XLA int8 path (`quantize_x`, chosen
-      for large M on GPU) multiplies it instead of unpacking `p` on every call. Same result.
+    int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
+      and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
 
   Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(None, ax),
   scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
@@ -104,15 +131,21 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   lead = x.shape[:-1]
   m = math.prod(lead)
   x2 = x.reshape(m, x.shape[-1])
-  impl = implementation or _pick(m, x.dtype, quantize_x)
+  impl = implementation or _pick(m, *p.shape, x.dtype, quantize_x)
   if impl == "pallas" and not quantize_x and x.dtype not in PALLAS_FLOAT_DTYPES:
     raise ValueError(f"the Pallas kernels take bfloat16/float16 activations (or quantize_x=True), "
                      f"got {x.dtype}; cast x or use implementation='xla'.")
+  if isinstance(config, int8_gemm.GemmConfig) and not (impl == "pallas" and quantize_x):
+    raise ValueError(f"{config} is an int8 GEMM config: it needs implementation='pallas' and "
+                     "quantize_x=True.")
+  int8_gemm_path = impl == "pallas" and quantize_x and (
+      isinstance(config, int8_gemm.GemmConfig) or config is None and m > config_lib.DECODE_MAX_M)
   if quantize_x:
     xq, x_scale = absmax_int8(x2)
-    if impl == "xla":
+    if impl == "xla" or int8_gemm_path:
       t = reference.unpack_int8(p) if int8_weight is None else int8_weight
-      y = reference.matmul_int8(xq, x_scale, t, p.scale)
+      y = (reference.matmul_int8(xq, x_scale, t, p.scale) if impl == "xla" else
+           _int8_gemm(xq, x_scale[:, 0], t, p.scale, x.dtype, config, out_init))
     else:
       y = _pallas(xq, x_scale[:, 0], p, x.dtype, config, out_init)
   elif impl == "xla":

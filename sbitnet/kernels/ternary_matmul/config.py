@@ -10,6 +10,7 @@ uses XLA): 4 warps were 6-7 % faster than 8 for int8 at M = 2048.
 
 from __future__ import annotations
 
+from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.pack import TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 
@@ -19,6 +20,7 @@ DECODE_MAX_M = 64
 TARGET_PROGRAMS = 896
 MIN_TILES_PER_SPLIT = 4
 WIDE_N = 16384
+INT8_GEMM_MAX_WEIGHT = 1 << 26
 
 
 def block_n_for(n: int, largest: int = 128) -> int:
@@ -45,3 +47,24 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
     return Config(block_m=block_m, block_n=block_n,
                   split_k=split_for(kp // TILE_K, programs, target), num_warps=4, num_stages=3)
   return Config(block_m=128, block_n=block_n_for(n), split_k=1, num_warps=4, num_stages=3)
+
+
+def choose_int8_gemm(m: int, n: int, k: int) -> GemmConfig:
+  """Config of the int8 GEMM for `x [m, k] × t [n, k]`; the caller pads m to block_m, n to a
+  multiple of 16 and k to block_k · split_k. From the H200 sweep (docs/kernels.md): at M >= 1024
+  128×128×128 tiles with 4 warps were best or within 5 % on every Qwen-3B layer; below, narrow
+  layers want 64-wide tiles and a 2-way K split, wide ones 128 rows and no split."""
+  if m >= 1024:
+    return GemmConfig(block_m=128, block_n=block_n_for(n, 128), block_k=128, split_k=1,
+                      num_warps=4, num_stages=3)
+  narrow = n <= 4096
+  split = 2 if narrow and k >= 2 * 128 * MIN_TILES_PER_SPLIT else 1
+  return GemmConfig(block_m=64 if narrow else 128, block_n=block_n_for(n, 64 if n < 24576 else 128),
+                    block_k=128, split_k=split, num_warps=4, num_stages=3)
+
+
+def int8_gemm_wins(m: int, k: int, n: int) -> bool:
+  """Whether the Pallas int8 GEMM beat XLA's (int8 GEMM + scale pass) in the H200 sweep: at M >=
+  1024 on weights up to INT8_GEMM_MAX_WEIGHT (Qwen-3B layers, 2-16 % faster); XLA's cuBLAS GEMM
+  was faster on 8192×28672 (by 18-27 %) and at most smaller M."""
+  return m >= 1024 and k * n <= INT8_GEMM_MAX_WEIGHT

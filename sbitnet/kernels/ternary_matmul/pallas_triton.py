@@ -135,23 +135,34 @@ def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.
   acc_dtype = jnp.int32 if x.dtype == jnp.int8 else jnp.float32
   kernel = functools.partial(_kernel, tiles=tiles, acc_dtype=acc_dtype,
                              asm=not interpret if asm is None else asm)
-  out_shape = jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype)
-  args = (x, codes, row_scale, col_scale)
+  w_spec = pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j))
+  return split_k_call(kernel, x, codes, w_spec, row_scale, col_scale, n=n, config=c,
+                      out_dtype=out_dtype, interpret=interpret, out_init=out_init)
+
+
+def split_k_call(kernel, x: jax.Array, w: jax.Array, w_spec: pl.BlockSpec, row_scale: jax.Array,
+                 col_scale: jax.Array, *, n: int, config, out_dtype, interpret: bool,
+                 out_init: jax.Array | None) -> jax.Array:
+  """`kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref)` over the grid (N / block_n, M / block_m,
+  split_k): x `[M, K]` in row blocks `[block_m, K]`, w by `w_spec` (indexed by the N block j),
+  row_scale `[M]` and col_scale `[N]` in matching blocks, out `[split_k, M, N]` of `out_dtype` in
+  `[block_m, block_n]` tiles; `out_init` (if given) is aliased as the output buffer."""
+  c, m, k = config, x.shape[0], x.shape[1]
   in_specs = [
-      pl.BlockSpec((c.block_m, kx), lambda j, i, s: (i, 0)),
-      pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j)),
+      pl.BlockSpec((c.block_m, k), lambda j, i, s: (i, 0)),
+      w_spec,
       pl.BlockSpec((c.block_m,), lambda j, i, s: (i,)),
       pl.BlockSpec((c.block_n,), lambda j, i, s: (j,)),
   ]
-  aliases = {}
+  args, aliases = (x, w, row_scale, col_scale), {}
   if out_init is not None:
     args += (out_init,)
     in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
     aliases = {4: 0}
-    kernel = _ignore_last_input(kernel)
+    kernel = _without_out_init(kernel)
   return pl.pallas_call(
       kernel,
-      out_shape=out_shape,
+      out_shape=jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
       grid=(n // c.block_n, m // c.block_m, c.split_k),
       in_specs=in_specs,
       out_specs=pl.BlockSpec((None, c.block_m, c.block_n), lambda j, i, s: (s, i, j)),
@@ -161,7 +172,7 @@ def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.
   )(*args)
 
 
-def _ignore_last_input(kernel):
+def _without_out_init(kernel):
   def wrapped(x_ref, w_ref, rs_ref, cs_ref, _init_ref, o_ref):
     kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref)
   return wrapped
