@@ -7,6 +7,7 @@ iterator state) and `meta` (JSON: the resolved model shapes, checked on every re
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -102,6 +103,7 @@ class Checkpointer:
 
   def _restore(self, step: int, **items: ocp.args.CheckpointArgs) -> Any:
     """`manager.restore` of `items`, with any read failure reported as CheckpointUnreadable."""
+    _drop_late_read_callbacks()
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore raise many types for unreadable files
@@ -118,6 +120,25 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _drop_late_read_callbacks() -> None:
+  """When one read of a restore fails, orbax closes its event loop while tensorstore still
+  completes the other reads; each completion then raises `RuntimeError('Event loop is closed')` in
+  a callback thread, which Python prints as an unraisable-exception traceback around our one-line
+  error. Installs (once) an unraisable hook that drops exactly those; every other unraisable
+  exception still goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def model_meta(model_cfg) -> dict:

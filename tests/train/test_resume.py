@@ -53,3 +53,19 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert checkpointer.latest_step() == 2
   summary = train(cfg, workdir)
   assert summary["step"] == 4 and np.isfinite(summary["val_loss"])
+
+
+def test_only_closed_loop_callbacks_of_a_failed_restore_are_silenced(monkeypatch):
+  import sys
+  import types
+
+  from sbitnet import checkpoint
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  checkpoint._drop_late_read_callbacks()
+  checkpoint._drop_late_read_callbacks()  # installed once, not stacked
+  late = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+  sys.unraisablehook(late)
+  sys.unraisablehook(other)
+  assert seen == [other]
