@@ -26,7 +26,7 @@ def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array
   own device: the head is cast and gathered once per call, each device sums its head gradient
   over the chunks in float32, and the S partial sums are reduced once after the loop.
   """
-  b, length, d = hidden.shape
+  b, length = hidden.shape[:2]
   shards = _batch_shards(b)
   span = max(1, min(chunk * shards // b, length))
   pad = -length % span

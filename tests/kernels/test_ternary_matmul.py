@@ -227,6 +227,6 @@ def test_int8_gemm_configs_tile_the_model_shapes(m, k, n):
 
 
 def test_dispatcher_takes_the_int8_gemm_where_it_measured_faster():
-  assert config_lib.int8_gemm_wins(4096, 2048, 22016)  # Qwen-3B gate/up at prefill
-  assert not config_lib.int8_gemm_wins(4096, 8192, 28672)  # cuBLAS via XLA was faster
-  assert not config_lib.int8_gemm_wins(128, 2048, 2048)  # large-batch decode: XLA
+  assert config_lib.int8_gemm_wins(4096, n=22016, k=2048)  # Qwen-3B gate/up at prefill
+  assert not config_lib.int8_gemm_wins(4096, n=28672, k=8192)  # cuBLAS via XLA was faster
+  assert not config_lib.int8_gemm_wins(128, n=2048, k=2048)  # large-batch decode: XLA

@@ -38,7 +38,7 @@ def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool) -> str:
     return "xla"
   if m <= config_lib.DECODE_MAX_M:
     return "pallas"
-  return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, k, n) else "xla"
+  return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k) else "xla"
 
 
 def _pad_to(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -47,6 +47,16 @@ def _pad_to(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
   pads = [(0, 0)] * a.ndim
   pads[axis] = (0, size - a.shape[axis])
   return jnp.pad(a, pads, constant_values=value)
+
+
+def _part_dtype(config, out_dtype):
+  """Split-K partial products are kept in float32 until summed."""
+  return out_dtype if config.split_k == 1 else jnp.float32
+
+
+def _product(parts: jax.Array, m: int, n: int) -> jax.Array:
+  """`[split_k, Mp, Np]` partial products -> the `[m, n]` product (summed in float32 if split)."""
+  return parts[0, :m, :n] if parts.shape[0] == 1 else parts.sum(0, dtype=jnp.float32)[:m, :n]
 
 
 def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
@@ -65,10 +75,10 @@ def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
   kx = c.split_k * -(-(kp // TILE_K) // c.split_k) * TILE_K
   x = _pad_to(_pad_to(x, 1, kx), 0, mp)
   row_scale = _pad_to(row_scale, 0, mp)
-  part_dtype = out_dtype if c.split_k == 1 else jnp.float32
-  parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c, out_dtype=part_dtype,
+  parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c,
+                               out_dtype=_part_dtype(c, out_dtype),
                                interpret=jax.default_backend() != "gpu", out_init=out_init)
-  return parts.sum(0, dtype=jnp.float32)[:m, :n] if c.split_k > 1 else parts[0, :m, :n]
+  return _product(parts, m, n)
 
 
 def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax.Array,
@@ -87,10 +97,10 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
   xq = _pad_to(_pad_to(xq, 1, kp), 0, mp)
   t = _pad_to(_pad_to(t, 1, kp), 0, n16)
   row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, n16)
-  part_dtype = out_dtype if c.split_k == 1 else jnp.float32
-  parts = int8_gemm.matmul(xq, t, row_scale, col_scale, config=c, out_dtype=part_dtype,
+  parts = int8_gemm.matmul(xq, t, row_scale, col_scale, config=c,
+                           out_dtype=_part_dtype(c, out_dtype),
                            interpret=jax.default_backend() != "gpu", out_init=out_init)
-  return parts.sum(0, dtype=jnp.float32)[:m, :n] if c.split_k > 1 else parts[0, :m, :n]
+  return _product(parts, m, n)
 
 
 def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,

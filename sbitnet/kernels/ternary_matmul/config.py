@@ -3,9 +3,11 @@
 Measured on an H200 (docs/kernels.md), M <= 16: block_n = 128 with ~900 programs (split-K,
 >= 4 K tiles per split) was the best swept config for bf16 on 8192→28672 and for both paths on
 2048→11008, and 5 % (int8) / 11 % (bf16) off the best on 11008→2048; int8 on 8192→28672
-(N >= WIDE_N) was 10 % faster with block_n = 256 and a quarter of the programs. At M = 64 that choice took 676 µs (the previous
-kernel, with block_n = 128: 384 µs), so it is kept to M <= 16. Large M (where the dispatcher
-uses XLA): 4 warps were 6-7 % faster than 8 for int8 at M = 2048.
+(N >= WIDE_N) was 10 % faster with block_n = 256 and a quarter of the programs. At M = 64 that
+choice took 676 µs (the previous kernel, with block_n = 128: 384 µs), so it is kept to M <= 16.
+The 2-bit kernel at large M (not dispatched there): 4 warps were 6-7 % faster than 8 for int8 at
+M = 2048. Above M = 64 int8 activations go to an int8 GEMM: `choose_int8_gemm` and
+`int8_gemm_wins` below.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def choose_int8_gemm(m: int, n: int, k: int) -> GemmConfig:
                     block_k=128, split_k=split, num_warps=4, num_stages=3)
 
 
-def int8_gemm_wins(m: int, k: int, n: int) -> bool:
+def int8_gemm_wins(m: int, n: int, k: int) -> bool:
   """Whether the Pallas int8 GEMM beat XLA's (int8 GEMM + scale pass) in the H200 sweep: at M >=
   1024 on weights up to INT8_GEMM_MAX_WEIGHT (Qwen-3B layers, 2-16 % faster); XLA's cuBLAS GEMM
   was faster on 8192×28672 (by 18-27 %) and at most smaller M."""
