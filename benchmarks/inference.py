@@ -132,7 +132,7 @@ def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats
     return tokens
 
   first, seconds = timed(run, args_of, repeats)
-  trace = device_time_summary(lambda: run(*args_of()), 1, top=25) if profile else None
+  trace = device_time_summary(lambda: run(*args_of()), 1, top=60) if profile else None
   kv_bytes = 2 * 2 * mc.n_layers * batch * (context + steps // 2) * mc.n_kv_heads * model.head_dim
   step_bytes = state_bytes(model) + kv_bytes
   return {"tokens_per_s": batch * steps / seconds, "step_ms": 1e3 * seconds / steps,

@@ -129,10 +129,7 @@ def check_correctness(log):
       x = jnp.abs(x)
     for quantize_x in (False, True):
       ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
-      cfg = config_lib.choose(m, -(-n // 16) * 16, p.codes.shape[0] * 4, quantize_x)
-      mp = -(-m // cfg.block_m) * cfg.block_m
-      dtype = jnp.float32 if cfg.split_k > 1 else x.dtype
-      poison = jnp.full((cfg.split_k, mp, -(-n // 16) * 16), jnp.nan, dtype)
+      cfg, poison = _poison_for(m, k, n, quantize_x)
       out = ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas", out_init=poison)
       a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
       err = np.linalg.norm(a - b) / np.linalg.norm(b)
@@ -150,6 +147,19 @@ def check_correctness(log):
     log(f"check sparse_quantize k={k} n={n} {pattern}: differing code bytes={diff} "
         f"{'ok' if good else 'FAIL'}")
   return ok
+
+
+def _poison_for(m, k, n, quantize_x):
+  """(config, a NaN output buffer) for the Pallas kernel `ternary_matmul` dispatches to: the 2-bit
+  kernel writes `[split_k, M, N16]`, the int8 GEMM (int8 above DECODE_MAX_M) `[split_k, Mp, N16]`."""
+  n16 = -(-n // 16) * 16
+  if quantize_x and m > config_lib.DECODE_MAX_M:
+    cfg = config_lib.choose_int8_gemm(m, n16, k)
+    rows = -(-m // cfg.block_m) * cfg.block_m
+  else:
+    cfg, rows = config_lib.choose(m, n16, -(-k // 128) * 128, quantize_x), m
+  dtype = jnp.float32 if cfg.split_k > 1 else jnp.bfloat16
+  return cfg, jnp.full((cfg.split_k, rows, n16), jnp.nan, dtype)
 
 
 # ---------------------------------------------------------------- timings
@@ -324,26 +334,23 @@ def bench_ceiling(shapes, log, peaks):
 
 
 def bench_kernel_only(shapes, m, log):
-  """The Pallas call alone (inputs pre-padded and pre-quantized) at the default config, with the
-  inline-asm decode and with the jnp decode, against the whole op."""
+  """The Pallas call alone (x pre-quantized) at the default config, with the inline-asm decode and
+  with the jnp decode, against the whole op."""
   rows = []
+  on_gpu = jax.default_backend() == "gpu"
   for name in shapes:
     k, n, ps, x = _sweep_inputs(name, m)
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
-      xk, rs = absmax_int8(x) if quantize_x else (x, jnp.ones((m, 1), jnp.float32))
-      kx = c.split_k * -(-(k // 128) // c.split_k) * 128
-      xk = jnp.pad(xk, ((0, c.block_m - m), (0, kx - k)))
-      rs = jnp.pad(rs[:, 0], (0, c.block_m - m))
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
+      xq, rs = absmax_int8(x) if quantize_x else (x, jnp.ones((m, 1), jnp.float32))
       res = {}
-      on_gpu = jax.default_backend() == "gpu"
       for asm in (True, False)[not on_gpu:]:
         res[f"kernel_asm={asm}"] = timed(
-            lambda xk, rs, p, asm=asm: pallas_triton.matmul(xk, p.codes, rs, p.scale, config=c,
+            lambda xq, rs, p, asm=asm: pallas_triton.matmul(xq, p.codes, rs, p.scale, config=c,
                                                             out_dtype=dt, asm=asm,
                                                             interpret=not on_gpu),
-            [(xk, rs, q) for q in ps], k * n / 4 / 2e12)
+            [(xq, rs[:, 0], q) for q in ps], k * n / 4 / 2e12)
       res["whole_op"] = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
                                                           implementation="pallas"),
                               [(x, q) for q in ps], k * n / 4 / 2e12)
@@ -451,7 +458,8 @@ def _fmt(v):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
-                  choices=("decode", "large", "fused", "sweep", "ceiling", "int8gemm", "all"))
+                  choices=("decode", "large", "fused", "sweep", "ceiling", "kernelonly", "int8gemm",
+                           "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -484,7 +492,9 @@ def main():
                        for r in bench_sweep(sweep_shapes, m, log)]
   if args.part in ("ceiling", "all"):
     result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)
-    result["kernel_only"] = bench_kernel_only(sweep_shapes, 16, log)
+  if args.part in ("ceiling", "kernelonly", "all"):
+    result["kernel_only"] = [r for m in ([int(v) for v in args.ms.split(",")] if args.ms else (16,))
+                             for r in bench_kernel_only(sweep_shapes, m, log)]
   if args.part in ("decode", "large", "all"):
     ms = dict(decode=DECODE_MS, large=LARGE_MS, all=DECODE_MS + LARGE_MS)[args.part]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else ms

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 from jax.sharding import Mesh, PartitionSpec as P
 
 from sbitnet.kernels import pack, ternary_matmul, unpack_int8
@@ -65,12 +66,13 @@ def test_pallas_matches_xla_and_oracle(m, k, n, pattern, quantize_x):
                                     Config(block_m=64, block_n=16, split_k=6),
                                     Config(block_m=16, block_n=96 // 3, split_k=4)], ids=str)
 def test_every_tile_is_written_into_a_poisoned_output(config, quantize_x):
-  m, k, n = 20, 768, 96
-  x, _, _, p = _case(3, m, k, n, (6, 8))
+  """M = 20 is off every block_m and K = 712 off the 128-row tiles: x is not padded, so the
+  kernel must mask rows and columns past the ends, and write exactly the M real rows."""
+  m, k, n = 20, 712, 96
+  x, _, _, p = _case(3, m, k, n, (2, 8))
   ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
-  mp = -(-m // config.block_m) * config.block_m
   dtype = jnp.float32 if config.split_k > 1 else x.dtype
-  poison = jnp.full((config.split_k, mp, n), jnp.nan, dtype)
+  poison = jnp.full((config.split_k, m, n), jnp.nan, dtype)
   out = ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas", config=config,
                        out_init=poison)
   assert np.isfinite(np.asarray(out, np.float32)).all()
@@ -78,13 +80,18 @@ def test_every_tile_is_written_into_a_poisoned_output(config, quantize_x):
 
 
 def test_poison_catches_unwritten_tiles():
+  def first_half(x_ref, o_ref):  # writes only the first of its two column blocks
+    @pl.when(pl.program_id(0) == 0)
+    def _():
+      o_ref[...] = x_ref[...]
+
+  spec = pl.BlockSpec((16, 32), lambda j: (0, j))
+  out = pallas_triton.call(first_half, [jnp.ones((16, 64))], [spec], spec,
+                           jax.ShapeDtypeStruct((16, 64), jnp.float32), grid=(2,), config=Config(),
+                           interpret=True, out_init=jnp.full((16, 64), jnp.nan))
+  assert (out[:, :32] == 1).all() and np.isnan(out[:, 32:]).all()
   m, k, n = 16, 256, 96
   x, _, _, p = _case(4, m, k, n, (2, 4))
-  # block_n = 64 does not divide n = 96: the grid covers 64 columns and leaves 32 unwritten.
-  out = pallas_triton.matmul(x, p.codes, jnp.ones(m), p.scale, config=Config(block_n=64),
-                             out_dtype=jnp.float32, interpret=True,
-                             out_init=jnp.full((1, m, n), jnp.nan, jnp.float32))
-  assert np.isfinite(out[..., :64]).all() and np.isnan(out[..., 64:]).all()
   with pytest.raises(ValueError, match="block_n=64"):
     ternary_matmul(x, p, implementation="pallas", config=Config(block_n=64))
   with pytest.raises(ValueError, match="block_m=8"):

@@ -59,22 +59,25 @@ def _product(parts: jax.Array, m: int, n: int) -> jax.Array:
   return parts[0, :m, :n] if parts.shape[0] == 1 else parts.sum(0, dtype=jnp.float32)[:m, :n]
 
 
-def _pallas(x: jax.Array, row_scale: jax.Array, p: PackedTernary, out_dtype,
+def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | None, out_init: jax.Array | None) -> jax.Array:
+  """The 2-bit kernel on x `[m, K]` as it is (the kernel masks rows and columns past the ends),
+  quantized per token to int8 first with `quantize_x`."""
   m, n = x.shape[0], p.codes.shape[1]
   kp = p.codes.shape[0] * 4
   n16 = -(-n // 16) * 16
   codes = _pad_to(p.codes, 1, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
-  c = config or config_lib.choose(m, n16, kp, x.dtype == jnp.int8)
+  c = config or config_lib.choose(m, n16, kp, quantize_x)
   if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
     raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
                      f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
                      f"split_k={c.split_k} positive.")
-  mp = -(-m // c.block_m) * c.block_m
-  kx = c.split_k * -(-(kp // TILE_K) // c.split_k) * TILE_K
-  x = _pad_to(_pad_to(x, 1, kx), 0, mp)
-  row_scale = _pad_to(row_scale, 0, mp)
+  if quantize_x:
+    x, row_scale = absmax_int8(x)
+    row_scale = row_scale[:, 0]
+  else:
+    row_scale = jnp.ones((m,), jnp.float32)
   parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
                                interpret=jax.default_backend() != "gpu", out_init=out_init)
@@ -122,7 +125,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       otherwise the 2-bit kernel (`pallas_triton`) streams the packed codes.
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
       kernel or an `int8_gemm.GemmConfig` for the int8 GEMM; None picks by shape.
-    out_init: Pallas only (tests): a `[split_k, Mp, Np]` buffer the kernel writes into, so that
+    out_init: Pallas only (tests): the kernel's `[split_k, M, N16]` output buffer (the int8
+      GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 = N padded to 16), so that
       tiles left unwritten keep its (poison) values.
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
@@ -150,16 +154,13 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                      "quantize_x=True.")
   int8_gemm_path = impl == "pallas" and quantize_x and (
       isinstance(config, int8_gemm.GemmConfig) or config is None and m > config_lib.DECODE_MAX_M)
-  if quantize_x:
+  if quantize_x and (impl == "xla" or int8_gemm_path):
     xq, x_scale = absmax_int8(x2)
-    if impl == "xla" or int8_gemm_path:
-      t = reference.unpack_int8(p) if int8_weight is None else int8_weight
-      y = (reference.matmul_int8(xq, x_scale, t, p.scale) if impl == "xla" else
-           _int8_gemm(xq, x_scale[:, 0], t, p.scale, x.dtype, config, out_init))
-    else:
-      y = _pallas(xq, x_scale[:, 0], p, x.dtype, config, out_init)
+    t = reference.unpack_int8(p) if int8_weight is None else int8_weight
+    y = (reference.matmul_int8(xq, x_scale, t, p.scale) if impl == "xla" else
+         _int8_gemm(xq, x_scale[:, 0], t, p.scale, x.dtype, config, out_init))
   elif impl == "xla":
     y = reference.matmul_float(x2, p.codes, p.scale)
   else:
-    y = _pallas(x2, jnp.ones((m,), jnp.float32), p, x.dtype, config, out_init)
+    y = _pallas(x2, p, quantize_x, x.dtype, config, out_init)
   return y.astype(x.dtype).reshape(*lead, p.codes.shape[1])

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from sbitnet.kernels.ternary_matmul.pallas_triton import split_k_call
+from sbitnet.kernels.ternary_matmul.pallas_triton import call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,12 @@ def matmul(xq: jax.Array, t: jax.Array, row_scale: jax.Array, col_scale: jax.Arr
     raise ValueError(f"{c} does not tile M={m}, N={n}, K={k}: pad M to block_m, N to block_n "
                      "and K to block_k * split_k.")
   kernel = functools.partial(_kernel, steps=k // c.block_k // c.split_k, block_k=c.block_k)
-  return split_k_call(kernel, xq, t, pl.BlockSpec((c.block_n, k), lambda j, i, s: (j, 0)),
-                      row_scale, col_scale, n=n, config=c, out_dtype=out_dtype,
-                      interpret=interpret, out_init=out_init)
+  in_specs = [pl.BlockSpec((c.block_m, k), lambda j, i, s: (i, 0)),
+              pl.BlockSpec((c.block_n, k), lambda j, i, s: (j, 0)),
+              pl.BlockSpec((c.block_m,), lambda j, i, s: (i,)),
+              pl.BlockSpec((c.block_n,), lambda j, i, s: (j,))]
+  out_spec = pl.BlockSpec((None, c.block_m, c.block_n), lambda j, i, s: (s, i, j))
+  return call(kernel, [xq, t, row_scale, col_scale], in_specs, out_spec,
+              jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
+              grid=(n // c.block_n, m // c.block_m, c.split_k), config=c, interpret=interpret,
+              out_init=out_init)

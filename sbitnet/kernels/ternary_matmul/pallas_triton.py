@@ -89,30 +89,41 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, tiles: int, acc_dtype, asm: bool):
-  split = pl.program_id(2)
+def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
+            asm: bool):
+  """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row scales and the
+  output are whole arrays (no padding): rows past M and columns past K load as zeros, and only
+  rows below M are stored."""
+  j, i, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  (m, k), bn = x_ref.shape, w_ref.shape[1]
   last_tile = w_ref.shape[0] // PLANE_ROWS - 1
-  bm, bn = x_ref.shape[0], w_ref.shape[1]
+  rows = pl.ds(i * block_m, block_m)
+  row_ok = i * block_m + jax.lax.broadcasted_iota(jnp.int32, (block_m,), 0) < m
 
-  def step(i, carry):
+  def step(t, carry):
     acc, x_acc = carry
-    tile = split * tiles + i
-    # Tiles past the end (uneven split-K) re-read the last tile against zero-padded x.
+    tile = split * tiles + t
+    # Tiles past the end (uneven split-K) re-read the last tile against x loaded as zeros.
     packed = w_ref[pl.ds(jnp.minimum(tile, last_tile) * PLANE_ROWS, PLANE_ROWS), :]
     for q in range(4):
       v = _plane(packed, q, x_ref.dtype, asm)
-      x = x_ref[:, pl.ds(tile * TILE_K + q * PLANE_ROWS, PLANE_ROWS)]
+      col = tile * TILE_K + q * PLANE_ROWS
+      col_ok = col + jax.lax.broadcasted_iota(jnp.int32, (PLANE_ROWS,), 0) < k
+      x = pltriton.load(x_ref.at[rows, pl.ds(col, PLANE_ROWS)],
+                        mask=row_ok[:, None] & col_ok[None, :], other=0)
       acc += jnp.dot(x, v, preferred_element_type=acc_dtype)
       x_acc += x.astype(acc_dtype)  # summed over K once, after the loop
     return acc, x_acc
 
-  acc = jnp.zeros((bm, bn), acc_dtype)
-  x_acc = jnp.zeros((bm, PLANE_ROWS), acc_dtype)
+  acc = jnp.zeros((block_m, bn), acc_dtype)
+  x_acc = jnp.zeros((block_m, PLANE_ROWS), acc_dtype)
   acc, x_acc = jax.lax.fori_loop(0, tiles, step, (acc, x_acc))
   a, b = _correction(acc_dtype)
   acc = a * acc - b * jnp.sum(x_acc, axis=1)[:, None]
-  y = acc.astype(jnp.float32) * rs_ref[...][:, None] * cs_ref[...][None, :]
-  o_ref[...] = y.astype(o_ref.dtype)
+  row_scale = pltriton.load(rs_ref.at[rows], mask=row_ok, other=0.0)
+  y = acc.astype(jnp.float32) * row_scale[:, None] * cs_ref[...][None, :]
+  pltriton.store(o_ref.at[split, rows, pl.ds(j * bn, bn)], y.astype(o_ref.dtype),
+                 mask=row_ok[:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
@@ -121,58 +132,53 @@ def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.
            out_init: jax.Array | None = None) -> jax.Array:
   """Partial products `out[s] = (x @ t[K-split s]) * row_scale[:, None] * col_scale[None, :]`.
 
-  x: bf16/f16 or int8 `[M, Kx]`, M a multiple of `block_m`, zero-padded along K to
-  `Kx = split_k * ceil(Kp / TILE_K / split_k) * TILE_K`; codes: uint8 `[Kp / 4, N]`, N a
-  multiple of `block_n`; row_scale: float32 `[M]`; col_scale: float32 `[N]`.
+  x: bf16/f16 or int8 `[M, K]` (any M, K <= Kp: no padding needed); codes: uint8 `[Kp / 4, N]`,
+  N a multiple of `block_n`; row_scale: float32 `[M]`; col_scale: float32 `[N]`.
   asm: decode planes with inline PTX (default: unless interpreting).
   Returns `[split_k, M, N]` of `out_dtype` (sum over axis 0 for the product). `out_init`, if given,
   is the output buffer (aliased), so tiles the kernel fails to write keep its contents.
   """
-  m, kx = x.shape
-  kp, n = codes.shape[0] * 4, codes.shape[1]
-  c = config
-  tiles = kx // TILE_K // c.split_k
-  acc_dtype = jnp.int32 if x.dtype == jnp.int8 else jnp.float32
-  kernel = functools.partial(_kernel, tiles=tiles, acc_dtype=acc_dtype,
+  (m, k), kp, n, c = x.shape, codes.shape[0] * 4, codes.shape[1], config
+  if k > kp or n % c.block_n or c.block_m % 16:
+    raise ValueError(f"{c} does not tile x {tuple(x.shape)} x codes {tuple(codes.shape)}: K must "
+                     f"be <= {kp}, block_n must divide N and block_m be a multiple of 16.")
+  tiles = -(-kp // TILE_K // c.split_k)
+  kernel = functools.partial(_kernel, block_m=c.block_m, tiles=tiles,
+                             acc_dtype=jnp.int32 if x.dtype == jnp.int8 else jnp.float32,
                              asm=not interpret if asm is None else asm)
-  w_spec = pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j))
-  return split_k_call(kernel, x, codes, w_spec, row_scale, col_scale, n=n, config=c,
-                      out_dtype=out_dtype, interpret=interpret, out_init=out_init)
+  whole = pl.BlockSpec(memory_space=pl.ANY)
+  in_specs = [whole, pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j)), whole,
+              pl.BlockSpec((c.block_n,), lambda j, i, s: (j,))]
+  return call(kernel, [x, codes, row_scale, col_scale], in_specs, whole,
+              jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
+              grid=(n // c.block_n, -(-m // c.block_m), c.split_k), config=c,
+              interpret=interpret, out_init=out_init)
 
 
-def split_k_call(kernel, x: jax.Array, w: jax.Array, w_spec: pl.BlockSpec, row_scale: jax.Array,
-                 col_scale: jax.Array, *, n: int, config, out_dtype, interpret: bool,
-                 out_init: jax.Array | None) -> jax.Array:
-  """`kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref)` over the grid (N / block_n, M / block_m,
-  split_k): x `[M, K]` in row blocks `[block_m, K]`, w by `w_spec` (indexed by the N block j),
-  row_scale `[M]` and col_scale `[N]` in matching blocks, out `[split_k, M, N]` of `out_dtype` in
-  `[block_m, block_n]` tiles; `out_init` (if given) is aliased as the output buffer."""
-  c, m, k = config, x.shape[0], x.shape[1]
-  in_specs = [
-      pl.BlockSpec((c.block_m, k), lambda j, i, s: (i, 0)),
-      w_spec,
-      pl.BlockSpec((c.block_m,), lambda j, i, s: (i,)),
-      pl.BlockSpec((c.block_n,), lambda j, i, s: (j,)),
-  ]
-  args, aliases = (x, w, row_scale, col_scale), {}
+def call(kernel, args: list[jax.Array], in_specs: list[pl.BlockSpec], out_spec: pl.BlockSpec,
+         out_shape: jax.ShapeDtypeStruct, *, grid: tuple[int, ...], config, interpret: bool,
+         out_init: jax.Array | None) -> jax.Array:
+  """`pl.pallas_call` of `kernel(*in_refs, out_ref)` with the config's warps and stages; `out_init`
+  (if given, of `out_shape`) is aliased as the output buffer, so what the kernel does not write
+  keeps its contents."""
+  aliases = {}
   if out_init is not None:
-    args += (out_init,)
-    in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
-    aliases = {4: 0}
-    kernel = _without_out_init(kernel)
+    args, in_specs = [*args, out_init], [*in_specs, pl.BlockSpec(memory_space=pl.ANY)]
+    aliases = {len(args) - 1: 0}
+    kernel = functools.partial(_without_out_init, kernel)
   return pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
-      grid=(n // c.block_n, m // c.block_m, c.split_k),
+      out_shape=out_shape,
+      grid=grid,
       in_specs=in_specs,
-      out_specs=pl.BlockSpec((None, c.block_m, c.block_n), lambda j, i, s: (s, i, j)),
+      out_specs=out_spec,
       input_output_aliases=aliases,
-      compiler_params=pltriton.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages),
+      compiler_params=pltriton.CompilerParams(num_warps=config.num_warps,
+                                              num_stages=config.num_stages),
       interpret=interpret,
   )(*args)
 
 
-def _without_out_init(kernel):
-  def wrapped(x_ref, w_ref, rs_ref, cs_ref, _init_ref, o_ref):
-    kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref)
-  return wrapped
+def _without_out_init(kernel, *refs):
+  *in_refs, _init_ref, o_ref = refs
+  kernel(*in_refs, o_ref)
