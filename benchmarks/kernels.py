@@ -41,7 +41,7 @@ from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pack import unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
-from sbitnet.ops import absmax_int8  # noqa: E402
+from sbitnet.ops import absmax_int8, absmax_int8_with_multiplier  # noqa: E402
 
 # (name, K=in, N=out): Qwen2.5 projections (q/o, k/v, gate/up, down) and a 70B-class FFN.
 SHAPES = [
@@ -137,6 +137,18 @@ def check_correctness(log):
       ok &= good
       log(f"check matmul m={m} k={k} n={n} {pattern} int8={quantize_x} {cfg}: rel_err={err:.2e} "
           f"{'ok' if good else 'FAIL'}")
+  # Without split-K the int8 path is exact up to the scales, which the kernel applies as XLA does
+  # (1 / s by an IEEE division, then * 1/s * gamma): outputs must be bit-identical.
+  t, gamma = _ternary(jax.random.key(8), 2048, 1024, (6, 8))
+  p = pack(t, gamma)
+  x = _nonzero_normal(jax.random.key(9), (3, 2048), jnp.bfloat16)
+  ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
+  out = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                  config=Config(block_n=128, split_k=1)), np.float32)
+  diff = int(np.sum(out != ref))
+  ok &= diff == 0
+  log(f"check int8 without split-K bit-identical to XLA: differing outputs={diff} "
+      f"{'ok' if diff == 0 else 'FAIL'}")
   for k, n, pattern in [(4864, 896, (6, 8)), (896, 4864, (2, 4)), (2048, 1000, (None, None))]:
     w = jax.random.normal(jax.random.key(k), (k, n), jnp.float32)
     a = sparse_quantize_pack(w, *pattern, implementation="pallas")
@@ -343,14 +355,15 @@ def bench_kernel_only(shapes, m, log):
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
-      xq, rs = absmax_int8(x) if quantize_x else (x, jnp.ones((m, 1), jnp.float32))
+      xq, rd = (absmax_int8_with_multiplier(x) if quantize_x else
+                (x, jnp.ones((m, 1), jnp.float32)))
       res = {}
       for asm in (True, False)[not on_gpu:]:
         res[f"kernel_asm={asm}"] = timed(
-            lambda xq, rs, p, asm=asm: pallas_triton.matmul(xq, p.codes, rs, p.scale, config=c,
+            lambda xq, rd, p, asm=asm: pallas_triton.matmul(xq, p.codes, rd, p.scale, config=c,
                                                             out_dtype=dt, asm=asm,
                                                             interpret=not on_gpu),
-            [(xq, rs[:, 0], q) for q in ps], k * n / 4 / 2e12)
+            [(xq, rd[:, 0], q) for q in ps], k * n / 4 / 2e12)
       res["whole_op"] = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
                                                           implementation="pallas"),
                               [(x, q) for q in ps], k * n / 4 / 2e12)

@@ -79,6 +79,16 @@ def _absmax_scale(x: jax.Array, axis: int, qmax: int) -> jax.Array:
   return qmax / jnp.maximum(amax, EPS)
 
 
+def absmax_int8_with_multiplier(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+  """`absmax_int8` returning the multiplier `s` instead of `scale = 1 / s`: `(q, s)`, x ≈ q / s.
+
+  For kernels that take the reciprocal themselves (one XLA pass fewer per call)."""
+  check_float("x", x)
+  axis = normalize_axis(axis, x.ndim, x.shape)
+  s = _absmax_scale(x, axis, 127)
+  return jnp.clip(jnp.round(x.astype(jnp.float32) * s), -128, 127).astype(jnp.int8), s
+
+
 def absmax_int8(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
   """Per-token absmax int8 quantization.
 
@@ -86,10 +96,7 @@ def absmax_int8(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
   `s = 127 / max(max|x|, eps)`, `q = clip(round(x * s), -128, 127)`, `scale = 1 / s`, so that
   `x ≈ q * scale`.
   """
-  check_float("x", x)
-  axis = normalize_axis(axis, x.ndim, x.shape)
-  s = _absmax_scale(x, axis, 127)
-  q = jnp.clip(jnp.round(x.astype(jnp.float32) * s), -128, 127).astype(jnp.int8)
+  q, s = absmax_int8_with_multiplier(x, axis)
   return q, 1.0 / s
 
 

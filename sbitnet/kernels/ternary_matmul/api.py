@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from sbitnet.kernels.ternary_matmul import config as config_lib
 from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton, reference
 from sbitnet.kernels.ternary_matmul.pack import TILE_K, PackedTernary, check_packed
-from sbitnet.ops import absmax_int8
+from sbitnet.ops import absmax_int8, absmax_int8_with_multiplier
 
 IMPLEMENTATIONS = ("xla", "pallas")
 PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -74,11 +74,11 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
                      f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
                      f"split_k={c.split_k} positive.")
   if quantize_x:
-    x, row_scale = absmax_int8(x)
-    row_scale = row_scale[:, 0]
+    x, multiplier = absmax_int8_with_multiplier(x)
+    row_divisor = multiplier[:, 0]
   else:
-    row_scale = jnp.ones((m,), jnp.float32)
-  parts = pallas_triton.matmul(x, codes, row_scale, col_scale, config=c,
+    row_divisor = jnp.ones((m,), jnp.float32)
+  parts = pallas_triton.matmul(x, codes, row_divisor, col_scale, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
                                interpret=jax.default_backend() != "gpu", out_init=out_init)
   return _product(parts, m, n)

@@ -89,7 +89,17 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
+def _reciprocal(d: jax.Array, asm: bool) -> jax.Array:
+  """`1 / d` rounded to nearest (IEEE, as XLA's float32 divide; on the GPU `div.rn.f32`)."""
+  if not asm:
+    return 1.0 / d
+  [r] = pltriton.elementwise_inline_asm(
+      "div.rn.f32 $0, $1, $2;", args=[jnp.ones_like(d), d], constraints="=r,r,r", pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(d.shape, jnp.float32)])
+  return r
+
+
+def _kernel(x_ref, w_ref, rd_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
             asm: bool):
   """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row scales and the
   output are whole arrays (no padding): rows past M and columns past K load as zeros, and only
@@ -120,20 +130,22 @@ def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, block_m: int, tiles: int, ac
   acc, x_acc = jax.lax.fori_loop(0, tiles, step, (acc, x_acc))
   a, b = _correction(acc_dtype)
   acc = a * acc - b * jnp.sum(x_acc, axis=1)[:, None]
-  row_scale = pltriton.load(rs_ref.at[rows], mask=row_ok, other=0.0)
+  row_scale = _reciprocal(pltriton.load(rd_ref.at[rows], mask=row_ok, other=1.0), asm)
   y = acc.astype(jnp.float32) * row_scale[:, None] * cs_ref[...][None, :]
   pltriton.store(o_ref.at[split, rows, pl.ds(j * bn, bn)], y.astype(o_ref.dtype),
                  mask=row_ok[:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
-def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.Array, *,
+def matmul(x: jax.Array, codes: jax.Array, row_divisor: jax.Array, col_scale: jax.Array, *,
            config: Config, out_dtype, interpret: bool = False, asm: bool | None = None,
            out_init: jax.Array | None = None) -> jax.Array:
-  """Partial products `out[s] = (x @ t[K-split s]) * row_scale[:, None] * col_scale[None, :]`.
+  """Partial products `out[s] = (x @ t[K-split s]) * (1 / row_divisor)[:, None] * col_scale`.
 
   x: bf16/f16 or int8 `[M, K]` (any M, K <= Kp: no padding needed); codes: uint8 `[Kp / 4, N]`,
-  N a multiple of `block_n`; row_scale: float32 `[M]`; col_scale: float32 `[N]`.
+  N a multiple of `block_n`; row_divisor: float32 `[M]`, the activations' multiplier (`s` of
+  `absmax_int8_with_multiplier`; ones for float x), inverted in the kernel exactly as XLA's
+  `1 / s` (so no separate XLA pass computes it); col_scale: float32 `[N]`.
   asm: decode planes with inline PTX (default: unless interpreting).
   Returns `[split_k, M, N]` of `out_dtype` (sum over axis 0 for the product). `out_init`, if given,
   is the output buffer (aliased), so tiles the kernel fails to write keep its contents.
@@ -149,7 +161,7 @@ def matmul(x: jax.Array, codes: jax.Array, row_scale: jax.Array, col_scale: jax.
   whole = pl.BlockSpec(memory_space=pl.ANY)
   in_specs = [whole, pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j)), whole,
               pl.BlockSpec((c.block_n,), lambda j, i, s: (j,))]
-  return call(kernel, [x, codes, row_scale, col_scale], in_specs, whole,
+  return call(kernel, [x, codes, row_divisor, col_scale], in_specs, whole,
               jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
               grid=(n // c.block_n, -(-m // c.block_m), c.split_k), config=c,
               interpret=interpret, out_init=out_init)
