@@ -41,7 +41,7 @@ from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pack import unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
-from sbitnet.ops import absmax_int8, absmax_int8_with_multiplier  # noqa: E402
+from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
 
 # (name, K=in, N=out): Qwen2.5 projections (q/o, k/v, gate/up, down) and a 70B-class FFN.
 SHAPES = [
@@ -138,7 +138,7 @@ def check_correctness(log):
       log(f"check matmul m={m} k={k} n={n} {pattern} int8={quantize_x} {cfg}: rel_err={err:.2e} "
           f"{'ok' if good else 'FAIL'}")
   # Without split-K the int8 path is exact up to the scales, which the kernel applies as XLA does
-  # (1 / s by an IEEE division, then * 1/s * gamma): outputs must be bit-identical.
+  # (1 / (127 / max(amax, eps)) by IEEE divisions, then * gamma): outputs must be bit-identical.
   t, gamma = _ternary(jax.random.key(8), 2048, 1024, (6, 8))
   p = pack(t, gamma)
   x = _nonzero_normal(jax.random.key(9), (3, 2048), jnp.bfloat16)
@@ -355,15 +355,14 @@ def bench_kernel_only(shapes, m, log):
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
-      xq, rd = (absmax_int8_with_multiplier(x) if quantize_x else
-                (x, jnp.ones((m, 1), jnp.float32)))
+      xq, amax = absmax_int8_with_absmax(x) if quantize_x else (x, None)
       res = {}
       for asm in (True, False)[not on_gpu:]:
         res[f"kernel_asm={asm}"] = timed(
-            lambda xq, rd, p, asm=asm: pallas_triton.matmul(xq, p.codes, rd, p.scale, config=c,
-                                                            out_dtype=dt, asm=asm,
-                                                            interpret=not on_gpu),
-            [(xq, rd[:, 0], q) for q in ps], k * n / 4 / 2e12)
+            lambda xq, amax, p, asm=asm: pallas_triton.matmul(
+                xq, p.codes, p.scale, row_absmax=None if amax is None else amax[:, 0], config=c,
+                out_dtype=dt, asm=asm, interpret=not on_gpu),
+            [(xq, amax, q) for q in ps], k * n / 4 / 2e12)
       res["whole_op"] = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
                                                           implementation="pallas"),
                               [(x, q) for q in ps], k * n / 4 / 2e12)

@@ -73,20 +73,25 @@ def fake_ternary(w: jax.Array, gamma: jax.Array, split: Sequence[int] | None = N
   return (t * scale_per_column(gamma, split)).astype(w.dtype)
 
 
-def _absmax_scale(x: jax.Array, axis: int, qmax: int) -> jax.Array:
-  """s = qmax / max(|x|, eps) along `axis` (kept), float32."""
-  amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis, keepdims=True)
+def absmax_multiplier(amax: jax.Array, qmax: int = 127) -> jax.Array:
+  """`s = qmax / max(amax, eps)`: the per-token multiplier of absmax quantization, float32."""
   return qmax / jnp.maximum(amax, EPS)
 
 
-def absmax_int8_with_multiplier(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
-  """`absmax_int8` returning the multiplier `s` instead of `scale = 1 / s`: `(q, s)`, x ≈ q / s.
+def _absmax(x: jax.Array, axis: int) -> jax.Array:
+  """max |x| along `axis` (kept), float32."""
+  return jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis, keepdims=True)
 
-  For kernels that take the reciprocal themselves (one XLA pass fewer per call)."""
+
+def absmax_int8_with_absmax(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+  """`absmax_int8`'s `q` with the per-token `amax = max |x|` (float32, `axis` kept) in place of
+  the scale (`scale = 1 / absmax_multiplier(amax)`), for kernels that apply the scale themselves:
+  XLA then computes the multiplier inside the quantization pass instead of in one more pass."""
   check_float("x", x)
   axis = normalize_axis(axis, x.ndim, x.shape)
-  s = _absmax_scale(x, axis, 127)
-  return jnp.clip(jnp.round(x.astype(jnp.float32) * s), -128, 127).astype(jnp.int8), s
+  amax = _absmax(x, axis)
+  s = absmax_multiplier(amax)
+  return jnp.clip(jnp.round(x.astype(jnp.float32) * s), -128, 127).astype(jnp.int8), amax
 
 
 def absmax_int8(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
@@ -96,8 +101,8 @@ def absmax_int8(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
   `s = 127 / max(max|x|, eps)`, `q = clip(round(x * s), -128, 127)`, `scale = 1 / s`, so that
   `x ≈ q * scale`.
   """
-  q, s = absmax_int8_with_multiplier(x, axis)
-  return q, 1.0 / s
+  q, amax = absmax_int8_with_absmax(x, axis)
+  return q, 1.0 / absmax_multiplier(amax)
 
 
 def quantize_activations(x: jax.Array, bits: int = 8, axis: int = -1) -> jax.Array:
@@ -109,7 +114,7 @@ def quantize_activations(x: jax.Array, bits: int = 8, axis: int = -1) -> jax.Arr
   check_float("x", x)
   qmax = check_act_bits(bits)
   axis = normalize_axis(axis, x.ndim, x.shape)
-  s = _absmax_scale(x, axis, qmax)
+  s = absmax_multiplier(_absmax(x, axis), qmax)
   xq = (jnp.clip(jnp.round(x.astype(jnp.float32) * s), -qmax - 1, qmax) / s).astype(x.dtype)
   # sg(xq) + (x - sg(x)) is exactly xq in the forward pass and has an identity gradient.
   return jax.lax.stop_gradient(xq) + (x - jax.lax.stop_gradient(x))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from sbitnet.kernels.ternary_matmul import config as config_lib
 from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton, reference
 from sbitnet.kernels.ternary_matmul.pack import TILE_K, PackedTernary, check_packed
-from sbitnet.ops import absmax_int8, absmax_int8_with_multiplier
+from sbitnet.ops import absmax_int8, absmax_int8_with_absmax
 
 IMPLEMENTATIONS = ("xla", "pallas")
 PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -73,12 +73,11 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
     raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
                      f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
                      f"split_k={c.split_k} positive.")
+  row_absmax = None
   if quantize_x:
-    x, multiplier = absmax_int8_with_multiplier(x)
-    row_divisor = multiplier[:, 0]
-  else:
-    row_divisor = jnp.ones((m,), jnp.float32)
-  parts = pallas_triton.matmul(x, codes, row_divisor, col_scale, config=c,
+    x, row_absmax = absmax_int8_with_absmax(x)
+    row_absmax = row_absmax[:, 0]
+  parts = pallas_triton.matmul(x, codes, col_scale, row_absmax=row_absmax, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
                                interpret=jax.default_backend() != "gpu", out_init=out_init)
   return _product(parts, m, n)

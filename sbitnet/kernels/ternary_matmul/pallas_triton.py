@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
+from sbitnet.ops.quantizers import EPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +90,24 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def _reciprocal(d: jax.Array, asm: bool) -> jax.Array:
-  """`1 / d` rounded to nearest (IEEE, as XLA's float32 divide; on the GPU `div.rn.f32`)."""
+def _divide(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
+  """`a / b` in float32 rounded to nearest (IEEE, as XLA divides; on the GPU `div.rn.f32`, where
+  Triton's own division may be approximate)."""
   if not asm:
-    return 1.0 / d
+    return a / b
   [r] = pltriton.elementwise_inline_asm(
-      "div.rn.f32 $0, $1, $2;", args=[jnp.ones_like(d), d], constraints="=r,r,r", pack=1,
-      result_shape_dtypes=[jax.ShapeDtypeStruct(d.shape, jnp.float32)])
+      "div.rn.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(b.shape, jnp.float32)])
   return r
 
 
-def _kernel(x_ref, w_ref, rd_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
+def _row_scale(amax: jax.Array, asm: bool) -> jax.Array:
+  """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax)`, bit for bit."""
+  one = jnp.ones_like(amax)
+  return _divide(one, _divide(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
+
+
+def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
             asm: bool):
   """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row scales and the
   output are whole arrays (no padding): rows past M and columns past K load as zeros, and only
@@ -130,22 +138,24 @@ def _kernel(x_ref, w_ref, rd_ref, cs_ref, o_ref, *, block_m: int, tiles: int, ac
   acc, x_acc = jax.lax.fori_loop(0, tiles, step, (acc, x_acc))
   a, b = _correction(acc_dtype)
   acc = a * acc - b * jnp.sum(x_acc, axis=1)[:, None]
-  row_scale = _reciprocal(pltriton.load(rd_ref.at[rows], mask=row_ok, other=1.0), asm)
-  y = acc.astype(jnp.float32) * row_scale[:, None] * cs_ref[...][None, :]
+  y = acc.astype(jnp.float32)
+  if amax_ref is not None:
+    y *= _row_scale(pltriton.load(amax_ref.at[rows], mask=row_ok, other=1.0), asm)[:, None]
+  y *= cs_ref[...][None, :]
   pltriton.store(o_ref.at[split, rows, pl.ds(j * bn, bn)], y.astype(o_ref.dtype),
                  mask=row_ok[:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
-def matmul(x: jax.Array, codes: jax.Array, row_divisor: jax.Array, col_scale: jax.Array, *,
+def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, row_absmax: jax.Array | None,
            config: Config, out_dtype, interpret: bool = False, asm: bool | None = None,
            out_init: jax.Array | None = None) -> jax.Array:
-  """Partial products `out[s] = (x @ t[K-split s]) * (1 / row_divisor)[:, None] * col_scale`.
+  """Partial products `out[s] = (x @ t[K-split s]) * row_scale[:, None] * col_scale[None, :]`.
 
-  x: bf16/f16 or int8 `[M, K]` (any M, K <= Kp: no padding needed); codes: uint8 `[Kp / 4, N]`,
-  N a multiple of `block_n`; row_divisor: float32 `[M]`, the activations' multiplier (`s` of
-  `absmax_int8_with_multiplier`; ones for float x), inverted in the kernel exactly as XLA's
-  `1 / s` (so no separate XLA pass computes it); col_scale: float32 `[N]`.
+  x: bf16/f16, or int8 from `absmax_int8_with_absmax`, `[M, K]` (any M, K <= Kp: no padding
+  needed); codes: uint8 `[Kp / 4, N]`, N a multiple of `block_n`; col_scale: float32 `[N]`;
+  row_absmax: float32 `[M]`, the int8 activations' `amax`, from which the kernel computes
+  `absmax_int8`'s scale bit for bit (so no XLA pass computes it per call), or None (row_scale 1).
   asm: decode planes with inline PTX (default: unless interpreting).
   Returns `[split_k, M, N]` of `out_dtype` (sum over axis 0 for the product). `out_init`, if given,
   is the output buffer (aliased), so tiles the kernel fails to write keep its contents.
@@ -159,12 +169,21 @@ def matmul(x: jax.Array, codes: jax.Array, row_divisor: jax.Array, col_scale: ja
                              acc_dtype=jnp.int32 if x.dtype == jnp.int8 else jnp.float32,
                              asm=not interpret if asm is None else asm)
   whole = pl.BlockSpec(memory_space=pl.ANY)
-  in_specs = [whole, pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j)), whole,
+  args = [x, codes, col_scale]
+  in_specs = [whole, pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j)),
               pl.BlockSpec((c.block_n,), lambda j, i, s: (j,))]
-  return call(kernel, [x, codes, row_divisor, col_scale], in_specs, whole,
-              jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
+  if row_absmax is None:
+    kernel = functools.partial(_without_row_absmax, kernel)
+  else:
+    args.insert(2, row_absmax)
+    in_specs.insert(2, whole)
+  return call(kernel, args, in_specs, whole, jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
               grid=(n // c.block_n, -(-m // c.block_m), c.split_k), config=c,
               interpret=interpret, out_init=out_init)
+
+
+def _without_row_absmax(kernel, x_ref, w_ref, cs_ref, o_ref):
+  kernel(x_ref, w_ref, None, cs_ref, o_ref)
 
 
 def call(kernel, args: list[jax.Array], in_specs: list[pl.BlockSpec], out_spec: pl.BlockSpec,
