@@ -15,8 +15,8 @@ from sbitnet.ops.stats import mask_flip_rate, ternary_histogram, weight_stats, z
 
 __all__ = [
     "WeightSpec", "absmax_int8", "absmax_int8_with_absmax", "absmax_multiplier", "absmean_scale",
-    "absmean_ternary", "apply_weight_spec",
-    "bitlinear", "fake_ternary", "mask_flip_rate", "nm_mask", "quantize_activations",
-    "scale_per_column", "sparse_ternary_dot_general", "sparse_ternary_weight", "spec_dot_general", "ternary_codes",
-    "ternary_histogram", "weight_stats", "zero_fraction",
+    "absmean_ternary", "apply_weight_spec", "bitlinear", "fake_ternary", "mask_flip_rate",
+    "nm_mask", "quantize_activations", "scale_per_column", "sparse_ternary_dot_general",
+    "sparse_ternary_weight", "spec_dot_general", "ternary_codes", "ternary_histogram",
+    "weight_stats", "zero_fraction",
 ]

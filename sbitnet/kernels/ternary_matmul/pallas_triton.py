@@ -102,16 +102,17 @@ def _divide(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
 
 
 def _row_scale(amax: jax.Array, asm: bool) -> jax.Array:
-  """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax)`, bit for bit."""
+  """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax) = 127 / max(amax, EPS)`, bit for
+  bit."""
   one = jnp.ones_like(amax)
   return _divide(one, _divide(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
 
 
 def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
             asm: bool):
-  """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row scales and the
-  output are whole arrays (no padding): rows past M and columns past K load as zeros, and only
-  rows below M are stored."""
+  """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row absmax (None for
+  float x) and the output are whole arrays (no padding): rows past M and columns past K load as
+  zeros, and only rows below M are stored."""
   j, i, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   (m, k), bn = x_ref.shape, w_ref.shape[1]
   last_tile = w_ref.shape[0] // PLANE_ROWS - 1
