@@ -30,7 +30,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from profiling import device_time_summary  # benchmarks/profiling.py, beside this script

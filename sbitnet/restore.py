@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 from flax import nnx
 
 from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta

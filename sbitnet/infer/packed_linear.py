@@ -71,4 +71,3 @@ class PackedLinear(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
-

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul import config as config_lib
 from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton, reference
-from sbitnet.kernels.ternary_matmul.pack import TILE_K, PackedTernary, check_packed
+from sbitnet.kernels.ternary_matmul.pack import PackedTernary, check_packed
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax
 
 IMPLEMENTATIONS = ("xla", "pallas")
