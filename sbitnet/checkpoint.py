@@ -6,8 +6,10 @@ iterator state) and `meta` (JSON: the resolved model shapes, checked on every re
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -122,15 +124,29 @@ class Checkpointer:
     self.manager.close()
 
 
+class _UnretrievedReadErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" records whose exception was raised in
+  orbax or tensorstore code: the other failed reads of a restore that already failed."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if error is None or not str(record.msg).startswith("Task exception was never retrieved"):
+      return True
+    files = [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+    return not any("orbax" in f or "tensorstore" in f for f in files)
+
+
 def _drop_late_read_callbacks() -> None:
   """When one read of a restore fails, orbax closes its event loop while tensorstore still
   completes the other reads; each completion then raises `RuntimeError('Event loop is closed')` in
   a callback thread, which Python prints as an unraisable-exception traceback around our one-line
-  error. Installs (once) an unraisable hook that drops exactly those; every other unraisable
-  exception still goes to the previous hook."""
+  error, and other failed reads are logged by asyncio as exceptions never retrieved. Installs
+  (once) an unraisable hook that drops exactly the former and an `asyncio` log filter that drops
+  exactly the latter (`_UnretrievedReadErrors`); everything else still gets through."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_callbacks", False):
     return
+  logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
 
   def hook(unraisable):
     if not (isinstance(unraisable.exc_value, RuntimeError)

@@ -69,3 +69,22 @@ def test_only_closed_loop_callbacks_of_a_failed_restore_are_silenced(monkeypatch
   sys.unraisablehook(late)
   sys.unraisablehook(other)
   assert seen == [other]
+
+
+def test_only_unretrieved_errors_of_orbax_reads_are_dropped_from_the_asyncio_log():
+  import logging
+
+  from sbitnet import checkpoint
+
+  def record(msg, filename):
+    try:  # an exception whose traceback ends in `filename`
+      exec(compile("raise ValueError('bad read')", filename, "exec"))
+    except ValueError as e:
+      error = e
+    return logging.LogRecord("asyncio", logging.ERROR, "", 0, msg, None,
+                             (ValueError, error, error.__traceback__))
+
+  keep = checkpoint._UnretrievedReadErrors().filter
+  assert not keep(record("Task exception was never retrieved", "orbax/serialization.py"))
+  assert keep(record("Task exception was never retrieved", "mine.py"))
+  assert keep(record("Something else", "orbax/serialization.py"))
