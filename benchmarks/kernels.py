@@ -141,14 +141,15 @@ def check_correctness(log):
   # (1 / (127 / max(amax, eps)) by IEEE divisions, then * gamma): outputs must be bit-identical.
   t, gamma = _ternary(jax.random.key(8), 2048, 1024, (6, 8))
   p = pack(t, gamma)
-  x = _nonzero_normal(jax.random.key(9), (3, 2048), jnp.bfloat16)
+  x = _nonzero_normal(jax.random.key(9), (100, 2048), jnp.bfloat16)
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
-  out = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
-                                  config=Config(block_n=128, split_k=1)), np.float32)
-  diff = int(np.sum(out != ref))
-  ok &= diff == 0
-  log(f"check int8 without split-K bit-identical to XLA: differing outputs={diff} "
-      f"{'ok' if diff == 0 else 'FAIL'}")
+  for cfg in (Config(block_n=128, split_k=1), Config(block_m=64, block_n=128, swap_ab=True)):
+    out = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                    config=cfg), np.float32)
+    diff = int(np.sum(out != ref))
+    ok &= diff == 0
+    log(f"check int8 without split-K bit-identical to XLA ({_short(cfg)}): differing "
+        f"outputs={diff} {'ok' if diff == 0 else 'FAIL'}")
   for k, n, pattern in [(4864, 896, (6, 8)), (896, 4864, (2, 4)), (2048, 1000, (None, None))]:
     w = jax.random.normal(jax.random.key(k), (k, n), jnp.float32)
     a = sparse_quantize_pack(w, *pattern, implementation="pallas")
@@ -163,9 +164,10 @@ def check_correctness(log):
 
 def _poison_for(m, k, n, quantize_x):
   """(config, a NaN output buffer) for the Pallas kernel `ternary_matmul` dispatches to: the 2-bit
-  kernel writes `[split_k, M, N16]`, the int8 GEMM (int8 above DECODE_MAX_M) `[split_k, Mp, N16]`."""
+  kernel writes `[split_k, M, N16]`, the int8 GEMM (int8 above TWO_BIT_MAX_M; no int8 weight is
+  kept here) `[split_k, Mp, N16]`."""
   n16 = -(-n // 16) * 16
-  if quantize_x and m > config_lib.DECODE_MAX_M:
+  if quantize_x and m > config_lib.two_bit_max_m(True, int8_weight_kept=False):
     cfg = config_lib.choose_int8_gemm(m, n16, k)
     rows = -(-m // cfg.block_m) * cfg.block_m
   else:
@@ -204,12 +206,24 @@ def bench_matmul(name, k, n, ms, log, peaks):
     if m <= config_lib.DECODE_MAX_M:
       # Whether XLA fuses the 2-bit unpack into its own GEMV (bf16 dot at default precision).
       impls["ternary_xla_fused"] = (
-          lambda x, p: (jnp.dot(x, unpack_codes(p.codes)[:k].astype(x.dtype),
+          lambda x, p: (jnp.dot(x, unpack_codes(p.codes)[:, :k].T.astype(x.dtype),
                                 preferred_element_type=jnp.float32) * p.scale).astype(x.dtype),
           [(x, q) for q in ps])
     if m > config_lib.DECODE_MAX_M:
       impls["ternary_xla_int8"] = (
           lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="xla"),
+          [(x, q) for q in ps])
+      # The int8 GEMM on a kept int8 weight (what --int8_weights runs above DECODE_MAX_M).
+      impls["pallas_int8_kept"] = (
+          lambda x, p, w: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                         int8_weight=w),
+          [(x, q, w.T) for q, w in zip(ps, ws_i8)])
+    if m > config_lib.TWO_BIT_MAX_M:
+      # The 2-bit kernel where the dispatcher no longer sends int8 activations.
+      two_bit = config_lib.choose(m, -(-n // 16) * 16, -(-k // 128) * 128, int8=True)
+      impls["pallas_2bit_int8"] = (
+          lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                      config=two_bit),
           [(x, q) for q in ps])
     res = {}
     for impl, (fn, sets) in impls.items():
@@ -236,17 +250,15 @@ SWEEP_SHAPES = {"8k.up": (8192, 28672), "3b.up": (2048, 11008), "3b.down": (1100
 
 def sweep_candidates(m, k, n, int8):
   """Tile configs to time for one problem (the dispatcher's choice is added by the caller)."""
-  if m > config_lib.DECODE_MAX_M:
-    if not int8:
-      return []
-    return [Config(block_m=128, block_n=bn, num_warps=w, num_stages=3)
-            for bn in (128, 256) for w in (4, 8)]
   block_ns = [bn for bn in (64, 128, 256) if n % bn == 0 and n // bn >= 8]
+  if m > 16:
+    return [Config(block_m=64, block_n=bn, split_k=s, swap_ab=swap)
+            for bn in block_ns for s in (1, 2, 4) for swap in (False, True)]
   splits = (1, 2, 3, 4, 6, 8) if k <= 8192 else (4, 8, 16, 21, 32)
-  block_m = max(16, 1 << (m - 1).bit_length())
-  return ([Config(block_m=block_m, block_n=bn, split_k=s) for bn in block_ns for s in splits] +
-          [Config(block_m=block_m, block_n=128, split_k=splits[3], num_warps=8),
-           Config(block_m=block_m, block_n=128, split_k=splits[3], num_stages=4)])
+  return ([Config(block_m=16, block_n=bn, split_k=s) for bn in block_ns for s in splits] +
+          [Config(block_m=16, block_n=bn, split_k=splits[3], swap_ab=True) for bn in block_ns] +
+          [Config(block_m=16, block_n=128, split_k=splits[3], num_warps=8),
+           Config(block_m=16, block_n=128, split_k=splits[3], num_stages=4)])
 
 
 def _sweep_inputs(name: str, m: int):
@@ -290,32 +302,34 @@ def bench_sweep(shapes, m, log):
 
 
 def _short(c):
-  return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}"
+  swap = " swap" if getattr(c, "swap_ab", False) else ""
+  return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 
 
-def _stream_kernel(w_ref, o_ref, *, steps, rows):
+def _stream_kernel(w_ref, o_ref, *, steps, words):
   s = pl.program_id(1)
-  last = w_ref.shape[0] // rows - 1
+  last = w_ref.shape[1] // words - 1
 
   def body(i, acc):
-    return acc ^ w_ref[pl.ds(jnp.minimum(s * steps + i, last) * rows, rows), :]
+    return acc ^ w_ref[:, pl.ds(jnp.minimum(s * steps + i, last) * words, words)]
 
-  acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((rows, w_ref.shape[1]), jnp.int32))
-  o_ref[...] = jnp.sum(acc, axis=0)
+  acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((w_ref.shape[0], words), jnp.int32))
+  o_ref[...] = jnp.sum(acc, axis=1)
 
 
-def stream(words, block_n, rows, split_k, num_warps=4, num_stages=3):
-  """The ceiling of the kernel's load loop: reads int32 `[Kp / 4, N / 4]` (the packed bytes) with
-  the matmul's tiling (`block_n` byte columns, `rows` byte rows per step, split-K) and XORs them;
-  no decode, no dot. Returns int32 `[split_k, N / 4]`."""
-  r, nw = words.shape
-  steps = -(-(r // rows) // split_k)
+def stream(words, block_n, nbytes, split_k, num_warps=4, num_stages=3):
+  """The ceiling of the kernel's load loop: reads int32 `[N, Kp / 16]` (the packed bytes) with
+  the matmul's tiling (`block_n` columns, `nbytes` bytes of each per step, split-K) and XORs them;
+  no decode, no dot. Returns int32 `[split_k, N]`."""
+  n, w = words.shape
+  per_step = nbytes // 4
+  steps = -(-(w // per_step) // split_k)
   return pl.pallas_call(
-      functools.partial(_stream_kernel, steps=steps, rows=rows),
-      out_shape=jax.ShapeDtypeStruct((split_k, nw), jnp.int32),
-      grid=(nw // (block_n // 4), split_k),
-      in_specs=[pl.BlockSpec((r, block_n // 4), lambda j, s: (0, j))],
-      out_specs=pl.BlockSpec((None, block_n // 4), lambda j, s: (s, j)),
+      functools.partial(_stream_kernel, steps=steps, words=per_step),
+      out_shape=jax.ShapeDtypeStruct((split_k, n), jnp.int32),
+      grid=(n // block_n, split_k),
+      in_specs=[pl.BlockSpec((block_n, w), lambda j, s: (j, 0))],
+      out_specs=pl.BlockSpec((None, block_n), lambda j, s: (s, j)),
       compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=jax.default_backend() != "gpu",
   )(words)
@@ -329,7 +343,7 @@ def bench_ceiling(shapes, log, peaks):
     t, gamma = _ternary(jax.random.key(3), k, n)
     r = copies(k * n // 4)
     words = [jax.lax.bitcast_convert_type(
-        pack(t, gamma + i).codes.reshape(-1, n // 4, 4), jnp.int32) for i in range(r)]
+        pack(t, gamma + i).codes.reshape(n, -1, 4), jnp.int32) for i in range(r)]
     nbytes = words[0].nbytes
     for bn in (64, 128, 256):
       for rw in (32, 128):
@@ -338,9 +352,9 @@ def bench_ceiling(shapes, log, peaks):
             continue
           sec = timed(lambda w: stream(w, bn, rw, split), [(w,) for w in words], nbytes / 3e12)
           frac = nbytes / sec / 1e12 / peaks["read_tb_s"]
-          rows.append(dict(shape=name, block_n=bn, rows=rw, split_k=split, us=sec * 1e6,
+          rows.append(dict(shape=name, block_n=bn, bytes_per_step=rw, split_k=split, us=sec * 1e6,
                            bw_frac=frac))
-          log(f"  ceiling {name:8s} bn{bn} rows{rw} split{split}: {sec * 1e6:7.1f}us "
+          log(f"  ceiling {name:8s} bn{bn} bytes{rw} split{split}: {sec * 1e6:7.1f}us "
               f"{nbytes / sec / 1e12:.2f} TB/s ({frac:.2f} of read BW)")
   return rows
 
@@ -353,7 +367,7 @@ def bench_kernel_only(shapes, m, log):
   for name in shapes:
     k, n, ps, x = _sweep_inputs(name, m)
     for quantize_x in (True, False):
-      c = config_lib.choose(m, n, ps[0].codes.shape[0] * 4, quantize_x)
+      c = config_lib.choose(m, n, ps[0].codes.shape[1] * 4, quantize_x)
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
       xq, amax = absmax_int8_with_absmax(x) if quantize_x else (x, None)
       res = {}
@@ -479,11 +493,13 @@ def main():
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
-  lines = []
+  tag = args.tag or args.part
+  progress = open(os.path.join(out_dir, f"kernels_{tag}.log"), "w")
 
-  def log(s):
+  def log(s):  # written as it comes, so a run cut short keeps what it measured
     print(s, flush=True)
-    lines.append(s)
+    progress.write(s + "\n")
+    progress.flush()
 
   dev = jax.devices()[0]
   meta = dict(device=dev.device_kind, date=datetime.date.today().isoformat(),
@@ -520,11 +536,9 @@ def main():
     names = [s for s in INT8_GEMM_SHAPES if not args.shapes or s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else INT8_GEMM_MS
     result["int8_gemm"] = bench_int8_gemm(names, ms, log)
-  tag = args.tag or args.part
   with open(os.path.join(out_dir, f"kernels_{tag}.json"), "w") as f:
     json.dump(result, f, indent=1)
-  with open(os.path.join(out_dir, f"kernels_{tag}.log"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  progress.close()
   if "matmul" in result:
     md = ["| shape | K | N | M | impl | µs | vs bf16 | packed HBM frac | int8 peak frac |",
           "|---|---|---|---|---|---|---|---|---|"]

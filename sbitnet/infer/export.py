@@ -4,8 +4,10 @@ One `.npz` file (NumPy's zip of arrays: one file, no optional dependency, uint8/
 are, readable lazily by name without pickle). Arrays are named by their path in the module tree
 (`blocks/attn/qkv/codes`, `embedding`, ...); the array `__meta__` holds UTF-8 JSON: the format
 name and version, the kernels' packing version, the run's `config.json` contents, the tokenizer
-spec and the training step. Linear layers keep `codes` uint8 `[layers, Kp / 4, out]` and `scale`
-float32 `[layers, out]` (gamma per output column); embeddings, norms and biases stay float32.
+spec and the training step. Linear layers keep `codes` uint8 `[layers, out, Kp / 4]` (the kernels'
+packing version 2) and `scale` float32 `[layers, out]` (gamma per output column); embeddings, norms
+and biases stay float32. Files of packing version 1 (the same bytes as `[layers, Kp / 4, out]`)
+are read too, their codes transposed on load.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from sbitnet.ops import scale_per_column
 FORMAT = "sbitnet-packed"
 VERSION = 1
 META = "__meta__"
+# Packing versions this build reads: 1 stored each layer's codes transposed.
+READABLE_PACKING = (1, kernels.FORMAT_VERSION)
 
 
 @dataclasses.dataclass
@@ -139,9 +143,9 @@ def read_meta(data: Any, path: str) -> dict:
     raise ValueError(f"{path!r} is format {meta.get('format')!r} version {meta.get('version')}; "
                      f"this build reads {FORMAT!r} version {VERSION}. Re-export it from its "
                      "training run.")
-  if meta.get("packing_version") != kernels.FORMAT_VERSION:
+  if meta.get("packing_version") not in READABLE_PACKING:
     raise ValueError(f"{path!r} holds weights packed in format {meta.get('packing_version')}; "
-                     f"this build's kernels read version {kernels.FORMAT_VERSION}. Re-export it.")
+                     f"this build reads packing versions {READABLE_PACKING}. Re-export it.")
   return meta
 
 
@@ -177,6 +181,8 @@ def load_packed(path: str, *, implementation: str | None = None, dtype: str | No
     def value_of(p, want):
       name = "/".join(map(str, p))
       array = data[name]
+      if meta["packing_version"] == 1 and name.endswith("/codes"):
+        array = np.swapaxes(array, -1, -2)
       if array.shape != want.shape or array.dtype != want.dtype:
         raise ValueError(f"{path!r}: {name} is {array.dtype} {list(array.shape)}, but its config "
                          f"describes {want.dtype} {list(want.shape)}: a checkpoint of another model.")

@@ -21,7 +21,7 @@ class PackedLinear(nnx.Module):
   training: `act_bits=8` runs `ternary_matmul(quantize_x=True)` (int8 x ternary, exact int32
   accumulation), 4 fake-quantizes then multiplies in `dtype`, None multiplies unquantized.
 
-  Parameters: `codes` uint8 `[Kp / 4, out]` and `scale` float32 `[out]` (a `PackedTernary`, format
+  Parameters: `codes` uint8 `[out, Kp / 4]` and `scale` float32 `[out]` (a `PackedTernary`, format
   of `sbitnet.kernels`), `bias` `[out]` when `use_bias`. After `materialize_int8()`, also
   `weight_int8`, an `nnx.Cache` (derived, never saved) int8 `[out, in]`.
   """
@@ -36,7 +36,7 @@ class PackedLinear(nnx.Module):
     self.act_bits, self.dtype, self.implementation = act_bits, dtype, implementation
     gamma = jnp.ones(() if split is None else (len(split),), jnp.float32)
     zero = pack(jnp.zeros((in_features, out_features), jnp.int8), gamma, self.split)
-    self.codes = nnx.Param(zero.codes, out_sharding=(None, kernel_axes[1]), eager_sharding=False)
+    self.codes = nnx.Param(zero.codes, out_sharding=(kernel_axes[1], None), eager_sharding=False)
     self.scale = nnx.Param(zero.scale, out_sharding=kernel_axes[1:], eager_sharding=False)
     self.bias = (nnx.Param(jnp.zeros((out_features,), jnp.float32), out_sharding=kernel_axes[1:],
                            eager_sharding=False) if use_bias else None)
@@ -45,8 +45,8 @@ class PackedLinear(nnx.Module):
   def materialize_int8(self) -> None:
     """Keeps the ternary weight unpacked, int8 `[out, in]` (`sbitnet.kernels.unpack_int8`), beside
     the codes and passes it to `ternary_matmul`: calls it sends to an int8 GEMM (on GPU, more
-    than 64 rows: prefill, large-batch decode) skip unpacking the codes each time; smaller calls
-    still stream the 2-bit codes. Costs 8 more bits per weight of memory. Works on a stacked
+    than 64 rows: prefill, large-batch decode; without it the 2-bit kernel serves up to 128 rows)
+    skip unpacking the codes each time; smaller calls still stream the 2-bit codes. Costs 8 more bits per weight of memory. Works on a stacked
     (`[layers, ...]`) layer too."""
     def unpacked(codes, scale):
       return unpack_int8(PackedTernary(codes, scale, in_features=self.in_features))

@@ -106,8 +106,26 @@ def test_other_version_is_refused(packed_file, tmp_path):
   with pytest.raises(ValueError, match="version 9; this build reads 'sbitnet-packed' version 1"):
     load_packed(bad)
   bad = rewrite(packed_file, tmp_path / "p9.npz", lambda m: m.update(packing_version=9))
-  with pytest.raises(ValueError, match="packed in format 9.*version 1"):
+  with pytest.raises(ValueError, match=r"packed in format 9; this build reads packing versions "
+                     r"\(1, 2\)"):
     load_packed(bad)
+
+
+def test_packing_version_1_file_loads_transposed(packed_file, tmp_path):
+  """A file written before format v2 (codes `[layers, Kp / 4, out]`) gives the same model."""
+  v1 = tmp_path / "v1.npz"
+  with np.load(packed_file) as data:
+    arrays = {k: np.swapaxes(data[k], -1, -2) if k.endswith("/codes") else data[k]
+              for k in data.files}
+  meta = json.loads(bytes(arrays[META]).decode())
+  meta["packing_version"] = 1
+  arrays[META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  with open(v1, "wb") as f:
+    np.savez(f, **arrays)
+  want = dict(nnx.to_flat_state(nnx.state(load_packed(packed_file).model, nnx.Param)))
+  got = nnx.to_flat_state(nnx.state(load_packed(str(v1)).model, nnx.Param))
+  for path, var in got:
+    np.testing.assert_array_equal(np.asarray(var[...]), np.asarray(want[path][...]))
 
 
 def test_other_model_is_refused(loaded, packed_file, tmp_path):

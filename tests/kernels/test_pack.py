@@ -36,11 +36,13 @@ def test_round_trip_with_split_gammas():
 def test_bit_layout_matches_the_documented_format():
   k, n = 2 * TILE_K, 3
   t = np.zeros((k, n), np.int8)
-  row = TILE_K + 2 * PLANE_ROWS + 5  # tile 1, plane 2, byte row 5
+  row = TILE_K + 2 * PLANE_ROWS + 5  # tile 1, plane 2, byte 5
   t[row, 1] = 1
+  t[3, 2] = -1  # tile 0, plane 0, byte 3
   codes = np.asarray(pack(jnp.asarray(t), jnp.float32(1)).codes)
-  expected = np.full((k // 4, n), 0x55, np.uint8)  # code 1 (weight 0) in all four fields
-  expected[PLANE_ROWS + 5, 1] = 0x55 + (1 << 4)    # plane 2 field: code 2 (weight +1)
+  expected = np.full((n, k // 4), 0x55, np.uint8)  # code 1 (weight 0) in all four fields
+  expected[1, PLANE_ROWS + 5] = 0x55 + (1 << 4)    # plane 2 field: code 2 (weight +1)
+  expected[2, 3] = 0x55 - 1                        # plane 0 field: code 0 (weight -1)
   np.testing.assert_array_equal(codes, expected)
 
 

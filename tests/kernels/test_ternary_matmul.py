@@ -64,7 +64,10 @@ def test_pallas_matches_xla_and_oracle(m, k, n, pattern, quantize_x):
 @pytest.mark.parametrize("config", [Config(block_m=16, block_n=32, split_k=3),
                                     Config(block_m=32, block_n=32, split_k=1),
                                     Config(block_m=64, block_n=16, split_k=6),
-                                    Config(block_m=16, block_n=96 // 3, split_k=4)], ids=str)
+                                    Config(block_m=16, block_n=96 // 3, split_k=4),
+                                    Config(block_m=16, block_n=48, split_k=2, swap_ab=True),
+                                    Config(block_m=64, block_n=32, split_k=1, swap_ab=True)],
+                         ids=str)
 def test_every_tile_is_written_into_a_poisoned_output(config, quantize_x):
   """M = 20 is off every block_m and K = 712 off the 128-row tiles: x is not padded, so the
   kernel must mask rows and columns past the ends, and write exactly the M real rows."""
@@ -137,7 +140,7 @@ def test_leading_dims_split_gammas_and_float16():
 def test_works_under_jit_and_shard_map():
   mesh = Mesh(np.array(jax.devices()[:8]), ("tensor",))
   x, _, _, p = _case(7, 4, 256, 8 * 16, (6, 8))
-  spec = dataclasses.replace(p, codes=P(None, "tensor"), scale=P("tensor"))
+  spec = dataclasses.replace(p, codes=P("tensor", None), scale=P("tensor"))
   f = jax.jit(jax.shard_map(lambda x, p: ternary_matmul(x, p, implementation="pallas"),
                             mesh=mesh, in_specs=(P(), spec), out_specs=P(None, "tensor"),
                             check_vma=False))
@@ -161,8 +164,8 @@ def test_errors_name_the_problem():
     ternary_matmul(x.astype(jnp.float32), p, implementation="pallas")
   with pytest.raises(ValueError, match="implementation='triton'"):
     ternary_matmul(x, p, implementation="triton")
-  with pytest.raises(ValueError, match="version 2"):
-    ternary_matmul(x, dataclasses.replace(p, version=2))
+  with pytest.raises(ValueError, match="version 1 is not supported.*reads version 2"):
+    ternary_matmul(x, dataclasses.replace(p, version=1))
   with pytest.raises(ValueError, match="scale"):
     ternary_matmul(x, dataclasses.replace(p, scale=p.scale.astype(jnp.bfloat16)))
   with pytest.raises(ValueError, match=r"int8_weight must be int8 \[16, 128\].*int8 \[128, 16\]"):
@@ -215,6 +218,13 @@ def test_int8_gemm_is_the_pallas_path_above_decode_sizes_and_checks_its_inputs()
                                 int8_weight=-kept), np.float32),
       -np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32),
       atol=1e-6)
+  # Without a kept int8 weight the 2-bit kernel serves up to TWO_BIT_MAX_M rows: its output
+  # buffer ([split_k, M, N16], poisoned) is the one the result comes from.
+  c = config_lib.choose(m, n, 256, int8=True)
+  assert m <= config_lib.TWO_BIT_MAX_M and c.swap_ab
+  poison = jnp.full((c.split_k, m, n), jnp.nan, jnp.float32 if c.split_k > 1 else x.dtype)
+  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", out_init=poison)
+  assert rel_err(out, ternary_matmul(x, p, quantize_x=True, implementation="xla")) < 1e-2
   with pytest.raises(ValueError, match="int8 GEMM config"):
     ternary_matmul(x, p, implementation="pallas", config=GemmConfig())
   with pytest.raises(ValueError, match="block_n=32 must divide N"):

@@ -1,9 +1,10 @@
 """Pallas (Triton backend) kernel: N:M mask + ternary quantization + 2-bit packing in one pass.
 
-Program (i, j) reads one `[TILE_K, block_n]` tile of the latent weight and writes its
-`[PLANE_ROWS, block_n]` packed bytes. Group member r of every N:M group in plane q is loaded as a
-strided `[PLANE_ROWS / m, block_n]` slab (rows q·32 + r, r + m, ...), so ranking a group is
-elementwise work across m slabs, and member r's byte row lands at rows r, r + m, ... of the output.
+Program (i, j) reads one `[TILE_K, block_n]` tile of the latent weight and writes its packed bytes,
+a `[block_n, PLANE_ROWS]` tile of the K-major (format v2) codes. Group member r of every N:M group
+in plane q is loaded as a strided `[PLANE_ROWS / m, block_n]` slab (rows q·32 + r, r + m, ...), so
+ranking a group is elementwise work across m slabs, and member r's bytes land, transposed, at byte
+columns r, r + m, ... of the output tile.
 gamma comes in as a per-column scale (its global mean is a separate reduction).
 """
 
@@ -32,7 +33,7 @@ def _kernel(w_ref, s_ref, o_ref, *, n: int | None, m: int | None):
   if n is None:
     byte = sum(_codes(w_ref[pl.ds(q * PLANE_ROWS, PLANE_ROWS), :].astype(jnp.float32), scale)
                << (2 * q) for q in range(4))
-    o_ref[...] = byte.astype(jnp.uint8)
+    o_ref[...] = byte.astype(jnp.uint8).T
     return
   rows = PLANE_ROWS // m
   bytes_ = [0] * m
@@ -46,13 +47,13 @@ def _kernel(w_ref, s_ref, o_ref, *, n: int | None, m: int | None):
       code = jnp.where(beaten < n, _codes(vals[r], scale), 1)
       bytes_[r] = bytes_[r] + (code << (2 * q))
   for r in range(m):
-    o_ref[pl.ds(r, rows, stride=m), :] = bytes_[r].astype(jnp.uint8)
+    o_ref[:, pl.ds(r, rows, stride=m)] = bytes_[r].astype(jnp.uint8).T
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "block_n", "interpret"))
 def mask_quantize_pack(w: jax.Array, col_scale: jax.Array, *, n: int | None, m: int | None,
                        block_n: int, interpret: bool = False) -> jax.Array:
-  """Packed codes uint8 `[Kp / 4, N]` of `nm_mask(w) * clip(round(w / col_scale), -1, 1)`.
+  """Packed codes uint8 `[N, Kp / 4]` (format v2) of `nm_mask(w) * clip(round(w / col_scale), -1, 1)`.
 
   w: float `[Kp, N]`, Kp a multiple of TILE_K and N of block_n; col_scale: float32 `[N]`, gamma
   per column already clamped to >= eps; (n, m): the pattern with m in SUPPORTED_M, or None, None.
@@ -60,11 +61,11 @@ def mask_quantize_pack(w: jax.Array, col_scale: jax.Array, *, n: int | None, m: 
   kp, cols = w.shape
   return pl.pallas_call(
       functools.partial(_kernel, n=n, m=m),
-      out_shape=jax.ShapeDtypeStruct((kp // 4, cols), jnp.uint8),
+      out_shape=jax.ShapeDtypeStruct((cols, kp // 4), jnp.uint8),
       grid=(kp // TILE_K, cols // block_n),
       in_specs=[pl.BlockSpec((TILE_K, block_n), lambda i, j: (i, j)),
                 pl.BlockSpec((block_n,), lambda i, j: (j,))],
-      out_specs=pl.BlockSpec((PLANE_ROWS, block_n), lambda i, j: (i, j)),
+      out_specs=pl.BlockSpec((block_n, PLANE_ROWS), lambda i, j: (j, i)),
       compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2),
       interpret=interpret,
   )(w, col_scale)

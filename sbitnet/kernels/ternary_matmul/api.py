@@ -29,14 +29,15 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) ->
                      f"([in, out]); x's last axis must be {p.in_features}.")
 
 
-def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool) -> str:
-  """The measured faster implementation on GPU (docs/kernels.md): the 2-bit kernel for M <= 64;
-  above, the Pallas int8 GEMM where it beat XLA's, XLA otherwise (bf16 activations included)."""
+def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: bool) -> str:
+  """The measured faster implementation on GPU (docs/kernels.md): the 2-bit kernel up to
+  `two_bit_max_m`; above, the Pallas int8 GEMM where it beat XLA's, XLA otherwise (bf16
+  activations included)."""
   if jax.default_backend() != "gpu":
     return "xla"
   if not quantize_x and x_dtype not in PALLAS_FLOAT_DTYPES:
     return "xla"
-  if m <= config_lib.DECODE_MAX_M:
+  if m <= config_lib.two_bit_max_m(quantize_x, int8_weight_kept):
     return "pallas"
   return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k) else "xla"
 
@@ -63,10 +64,10 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | None, out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernel on x `[m, K]` as it is (the kernel masks rows and columns past the ends),
   quantized per token to int8 first with `quantize_x`."""
-  m, n = x.shape[0], p.codes.shape[1]
-  kp = p.codes.shape[0] * 4
+  m, (n, nbytes) = x.shape[0], p.codes.shape
+  kp = nbytes * 4
   n16 = -(-n // 16) * 16
-  codes = _pad_to(p.codes, 1, n16, 0x55)
+  codes = _pad_to(p.codes, 0, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
   c = config or config_lib.choose(m, n16, kp, quantize_x)
   if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
@@ -118,10 +119,11 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     quantize_x: first quantize `x` per token to int8 (`sbitnet.ops.absmax_int8`, as BitLinear
       does), then `y = (x_q @ t) * s_x * gamma` with exact int32 accumulation.
     implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
-      off GPU), or None: XLA off GPU; on GPU the decode kernel for M <= 64 and the measured
-      faster implementation above. Pallas with `quantize_x` above M = 64 unpacks the weight to
-      int8 (or takes `int8_weight`) and runs the int8 GEMM with fused scales (`int8_gemm`);
-      otherwise the 2-bit kernel (`pallas_triton`) streams the packed codes.
+      off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (128 with
+      `quantize_x` and no `int8_weight`: `config.two_bit_max_m`) and the measured faster
+      implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
+      takes `int8_weight`) and runs the int8 GEMM with fused scales (`int8_gemm`); otherwise the
+      2-bit kernel (`pallas_triton`) streams the packed codes.
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
       kernel or an `int8_gemm.GemmConfig` for the int8 GEMM; None picks by shape.
     out_init: Pallas only (tests): the kernel's `[split_k, M, N16]` output buffer (the int8
@@ -130,7 +132,7 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
 
-  Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(None, ax),
+  Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(ax, None),
   scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
 
   Returns:
@@ -144,7 +146,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   lead = x.shape[:-1]
   m = math.prod(lead)
   x2 = x.reshape(m, x.shape[-1])
-  impl = implementation or _pick(m, *p.shape, x.dtype, quantize_x)
+  kept = int8_weight is not None
+  impl = implementation or _pick(m, *p.shape, x.dtype, quantize_x, kept)
   if impl == "pallas" and not quantize_x and x.dtype not in PALLAS_FLOAT_DTYPES:
     raise ValueError(f"the Pallas kernels take bfloat16/float16 activations (or quantize_x=True), "
                      f"got {x.dtype}; cast x or use implementation='xla'.")
@@ -152,7 +155,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     raise ValueError(f"{config} is an int8 GEMM config: it needs implementation='pallas' and "
                      "quantize_x=True.")
   int8_gemm_path = impl == "pallas" and quantize_x and (
-      isinstance(config, int8_gemm.GemmConfig) or config is None and m > config_lib.DECODE_MAX_M)
+      isinstance(config, int8_gemm.GemmConfig)
+      or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
   if quantize_x and (impl == "xla" or int8_gemm_path):
     xq, x_scale = absmax_int8(x2)
     t = reference.unpack_int8(p) if int8_weight is None else int8_weight
@@ -162,4 +166,4 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     y = reference.matmul_float(x2, p.codes, p.scale)
   else:
     y = _pallas(x2, p, quantize_x, x.dtype, config, out_init)
-  return y.astype(x.dtype).reshape(*lead, p.codes.shape[1])
+  return y.astype(x.dtype).reshape(*lead, p.shape[1])

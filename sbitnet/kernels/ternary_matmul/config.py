@@ -1,13 +1,11 @@
 """Tile choices for the Pallas ternary matmul, from the shape alone (static under jit).
 
-Measured on an H200 (docs/kernels.md), M <= 16: block_n = 128 with ~900 programs (split-K,
->= 4 K tiles per split) was the best swept config for bf16 on 8192→28672 and for both paths on
-2048→11008, and 5 % (int8) / 11 % (bf16) off the best on 11008→2048; int8 on 8192→28672
-(N >= WIDE_N) was 10 % faster with block_n = 256 and a quarter of the programs. At M = 64 that
-choice took 676 µs (the previous kernel, with block_n = 128: 384 µs), so it is kept to M <= 16.
-The 2-bit kernel at large M (not dispatched there): 4 warps were 6-7 % faster than 8 for int8 at
-M = 2048. Above M = 64 int8 activations go to an int8 GEMM: `choose_int8_gemm` and
-`int8_gemm_wins` below.
+Measured on an H200 with format-v2 (K-major) codes (docs/kernels.md, the layout sweep), kernel
+alone: at M <= 16 block_n = 128 (int8) / 256 (bf16) with ~900 programs (split-K, >= 4 K tiles per
+split) was the best or within 5 % of it on 8192→28672 and 2048→22016; at M = 64-128 block_m = 64
+with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on N >= WIDE_N
+(128 below) was best or within 1 % (2-3x the format-v1 kernel). Above `two_bit_max_m` int8
+activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below.
 """
 
 from __future__ import annotations
@@ -16,7 +14,10 @@ from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.pack import TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 
+# The 2-bit kernel serves M up to DECODE_MAX_M; int8 activations on a weight whose unpacked int8
+# copy is not kept also up to TWO_BIT_MAX_M, where the alternative unpacks the codes every call.
 DECODE_MAX_M = 64
+TWO_BIT_MAX_M = 128
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
 # programs' loads in flight); split-K supplies them when N alone is too narrow.
 TARGET_PROGRAMS = 896
@@ -38,17 +39,22 @@ def split_for(k_tiles: int, programs: int, target: int = TARGET_PROGRAMS) -> int
   return max(1, min(-(-target // programs), k_tiles // MIN_TILES_PER_SPLIT))
 
 
+def two_bit_max_m(int8: bool, int8_weight_kept: bool) -> int:
+  """The largest M the dispatcher sends to the 2-bit kernel."""
+  return TWO_BIT_MAX_M if int8 and not int8_weight_kept else DECODE_MAX_M
+
+
 def choose(m: int, n: int, kp: int, int8: bool) -> Config:
-  """Config for `x [m, kp] × codes [kp / 4, n]`; n must be a multiple of 16."""
-  if m <= DECODE_MAX_M:
-    block_m = max(16, 1 << (m - 1).bit_length())
-    wide = int8 and n >= WIDE_N and block_m == 16
-    block_n = block_n_for(n, 256 if wide else 128)
-    programs = (n // block_n) * (-(-m // block_m))
-    target = TARGET_PROGRAMS // 4 if wide else TARGET_PROGRAMS
-    return Config(block_m=block_m, block_n=block_n,
-                  split_k=split_for(kp // TILE_K, programs, target), num_warps=4, num_stages=3)
-  return Config(block_m=128, block_n=block_n_for(n), split_k=1, num_warps=4, num_stages=3)
+  """Config for `x [m, kp] × codes [n, kp / 4]`; n must be a multiple of 16."""
+  if m <= 16:
+    block_n = block_n_for(n, 128 if int8 else 256)
+    return Config(block_m=16, block_n=block_n,
+                  split_k=split_for(kp // TILE_K, n // block_n), num_warps=4, num_stages=3)
+  block_n = block_n_for(n, 256 if n >= WIDE_N else 128)
+  programs = (n // block_n) * -(-m // 64)
+  return Config(block_m=64, block_n=block_n,
+                split_k=split_for(kp // TILE_K, programs, TARGET_PROGRAMS // 4), num_warps=4,
+                num_stages=3, swap_ab=True)
 
 
 def choose_int8_gemm(m: int, n: int, k: int) -> GemmConfig:

@@ -1,20 +1,19 @@
 """Pallas (Triton backend) kernel: packed 2-bit ternary weights × bf16/f16 or int8 activations.
 
-One kernel serves decode (block_m = 16, split-K over the contraction so that narrow layers still
-fill the GPU) and large M (block_m = 64..128, no split). Each program streams its `[Kp/4, block_n]`
-column of packed bytes once, one format tile (`PLANE_ROWS` byte rows) per step. Each step decodes
-the four 2-bit planes of the loaded bytes in registers with SIMD-within-a-register inline PTX
-(`_plane`) and feeds four `[block_m, 32] × [32, block_n]` tensor-core dots:
+One kernel for M up to a few hundred rows: block_m = 16 with split-K over the contraction for
+decode (so that narrow layers still fill the GPU), block_m = 64 with swap-AB above. Each program
+streams its `[block_n, Kp/4]` block of packed bytes (format v2, K-major) once, one format tile
+(`PLANE_ROWS` bytes per column) per step. Each step decodes the four 2-bit planes of the loaded
+bytes in registers with SIMD-within-a-register inline PTX (`_plane`) and feeds four tensor-core
+dots of `[block_m, 32]` activations with the `[block_n, 32]` plane, both K-major:
 
   int8:  plane value v = c          (c = t + 1 in {0, 1, 2}),  x @ t = x @ v - sum(x)
   float: plane value v = 1 + c / 4  (exact in bf16/f16),       x @ t = 4 (x @ v) - 5 sum(x)
 
 accumulated in int32 (exact) or float32; the epilogue applies the correction and both scales.
-Triton stages the packed bytes in shared memory and loads them straight into the MMA operand
-layout before the decode (seen in the int8 kernel's SASS), so only packed bytes cross shared
-memory.
+Triton stages the packed bytes in shared memory and loads them into the MMA operand layout before
+the decode, so only packed bytes cross shared memory.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +36,7 @@ class Config:
   split_k: int = 1
   num_warps: int = 4
   num_stages: int = 3
+  swap_ab: bool = False  # the weights as the MMA's M operand: out^T = t^T @ x^T
 
 
 # Float planes: c goes to the two top mantissa bits of 1.0, giving 1 + c/4: (bits of 1.0, the
@@ -109,36 +109,39 @@ def _row_scale(amax: jax.Array, asm: bool) -> jax.Array:
 
 
 def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
-            asm: bool):
+            asm: bool, swap_ab: bool):
   """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row absmax (None for
   float x) and the output are whole arrays (no padding): rows past M and columns past K load as
   zeros, and only rows below M are stored."""
   j, i, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  (m, k), bn = x_ref.shape, w_ref.shape[1]
-  last_tile = w_ref.shape[0] // PLANE_ROWS - 1
+  (m, k), (bn, nbytes) = x_ref.shape, w_ref.shape
+  last_tile = nbytes // PLANE_ROWS - 1
   rows = pl.ds(i * block_m, block_m)
   row_ok = i * block_m + jax.lax.broadcasted_iota(jnp.int32, (block_m,), 0) < m
+  # Both operands are K-major ([rows, 32]); swap-AB makes the weights the MMA's M operand.
+  contract = (((1,), (1,)), ((), ()))
 
   def step(t, carry):
     acc, x_acc = carry
     tile = split * tiles + t
     # Tiles past the end (uneven split-K) re-read the last tile against x loaded as zeros.
-    packed = w_ref[pl.ds(jnp.minimum(tile, last_tile) * PLANE_ROWS, PLANE_ROWS), :]
+    packed = w_ref[:, pl.ds(jnp.minimum(tile, last_tile) * PLANE_ROWS, PLANE_ROWS)]
     for q in range(4):
       v = _plane(packed, q, x_ref.dtype, asm)
       col = tile * TILE_K + q * PLANE_ROWS
       col_ok = col + jax.lax.broadcasted_iota(jnp.int32, (PLANE_ROWS,), 0) < k
       x = pltriton.load(x_ref.at[rows, pl.ds(col, PLANE_ROWS)],
                         mask=row_ok[:, None] & col_ok[None, :], other=0)
-      acc += jnp.dot(x, v, preferred_element_type=acc_dtype)
+      acc += jax.lax.dot_general(*((v, x) if swap_ab else (x, v)), contract,
+                                 preferred_element_type=acc_dtype)
       x_acc += x.astype(acc_dtype)  # summed over K once, after the loop
     return acc, x_acc
 
-  acc = jnp.zeros((block_m, bn), acc_dtype)
+  acc = jnp.zeros((bn, block_m) if swap_ab else (block_m, bn), acc_dtype)
   x_acc = jnp.zeros((block_m, PLANE_ROWS), acc_dtype)
   acc, x_acc = jax.lax.fori_loop(0, tiles, step, (acc, x_acc))
   a, b = _correction(acc_dtype)
-  acc = a * acc - b * jnp.sum(x_acc, axis=1)[:, None]
+  acc = a * (acc.T if swap_ab else acc) - b * jnp.sum(x_acc, axis=1)[:, None]
   y = acc.astype(jnp.float32)
   if amax_ref is not None:
     y *= _row_scale(pltriton.load(amax_ref.at[rows], mask=row_ok, other=1.0), asm)[:, None]
@@ -154,24 +157,24 @@ def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, row_absmax: 
   """Partial products `out[s] = (x @ t[K-split s]) * row_scale[:, None] * col_scale[None, :]`.
 
   x: bf16/f16, or int8 from `absmax_int8_with_absmax`, `[M, K]` (any M, K <= Kp: no padding
-  needed); codes: uint8 `[Kp / 4, N]`, N a multiple of `block_n`; col_scale: float32 `[N]`;
-  row_absmax: float32 `[M]`, the int8 activations' `amax`, from which the kernel computes
+  needed); codes: uint8 `[N, Kp / 4]` (format v2), N a multiple of `block_n`; col_scale: float32
+  `[N]`; row_absmax: float32 `[M]`, the int8 activations' `amax`, from which the kernel computes
   `absmax_int8`'s scale bit for bit (so no XLA pass computes it per call), or None (row_scale 1).
   asm: decode planes with inline PTX (default: unless interpreting).
   Returns `[split_k, M, N]` of `out_dtype` (sum over axis 0 for the product). `out_init`, if given,
   is the output buffer (aliased), so tiles the kernel fails to write keep its contents.
   """
-  (m, k), kp, n, c = x.shape, codes.shape[0] * 4, codes.shape[1], config
-  if k > kp or n % c.block_n or c.block_m % 16:
+  (m, k), (n, nbytes), c = x.shape, codes.shape, config
+  if k > nbytes * 4 or n % c.block_n or c.block_m % 16:
     raise ValueError(f"{c} does not tile x {tuple(x.shape)} x codes {tuple(codes.shape)}: K must "
-                     f"be <= {kp}, block_n must divide N and block_m be a multiple of 16.")
-  tiles = -(-kp // TILE_K // c.split_k)
+                     f"be <= {nbytes * 4}, block_n must divide N and block_m be a multiple of 16.")
+  tiles = -(-nbytes // PLANE_ROWS // c.split_k)
   kernel = functools.partial(_kernel, block_m=c.block_m, tiles=tiles,
                              acc_dtype=jnp.int32 if x.dtype == jnp.int8 else jnp.float32,
-                             asm=not interpret if asm is None else asm)
+                             asm=not interpret if asm is None else asm, swap_ab=c.swap_ab)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   args = [x, codes, col_scale]
-  in_specs = [whole, pl.BlockSpec((kp // 4, c.block_n), lambda j, i, s: (0, j)),
+  in_specs = [whole, pl.BlockSpec((c.block_n, nbytes), lambda j, i, s: (j, 0)),
               pl.BlockSpec((c.block_n,), lambda j, i, s: (j,))]
   if row_absmax is None:
     kernel = functools.partial(_without_row_absmax, kernel)

@@ -8,17 +8,17 @@ import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul.pack import PackedTernary, unpack_codes
 
-_CONTRACT = (((1,), (0,)), ((), ()))
+_CONTRACT = (((1,), (1,)), ((), ()))  # x [M, K] with t [N, K]
 
 
 def matmul_float(x: jax.Array, codes: jax.Array, scale: jax.Array) -> jax.Array:
   """`y = (x @ t) * scale` with float32 accumulation.
 
-  x: float `[M, K]`; codes: uint8 `[Kp / 4, N]` with `Kp >= K`; scale: float32 `[N]`.
+  x: float `[M, K]`; codes: uint8 `[N, Kp / 4]` with `Kp >= K`; scale: float32 `[N]`.
   Returns float32 `[M, N]`. Products x·t are exact, so only the summation order differs from an
   exact result.
   """
-  t = unpack_codes(codes)[:x.shape[1]].astype(x.dtype)
+  t = unpack_codes(codes)[:, :x.shape[1]].astype(x.dtype)
   acc = jax.lax.dot_general(x, t, _CONTRACT, precision=jax.lax.Precision.HIGHEST,
                             preferred_element_type=jnp.float32)
   return acc * scale
@@ -28,7 +28,7 @@ def unpack_int8(p: PackedTernary) -> jax.Array:
   """The ternary weight of `p` as int8 `[N, K]`: K-major, the operand layout of int8 tensor-core
   GEMMs. Callers that multiply the same weight by many rows keep it (`ternary_matmul`'s
   `int8_weight`) instead of unpacking the codes on every call."""
-  return unpack_codes(p.codes)[:p.in_features].T
+  return unpack_codes(p.codes)[:, :p.in_features]
 
 
 def matmul_int8(xq: jax.Array, x_scale: jax.Array, t: jax.Array, scale: jax.Array) -> jax.Array:
@@ -37,5 +37,5 @@ def matmul_int8(xq: jax.Array, x_scale: jax.Array, t: jax.Array, scale: jax.Arra
   xq: int8 `[M, K]`; x_scale: float32 `[M, 1]`; t: int8 `[N, K]` (`unpack_int8`); scale: float32
   `[N]`. Returns float32 `[M, N]`.
   """
-  acc = jax.lax.dot_general(xq, t, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+  acc = jax.lax.dot_general(xq, t, _CONTRACT, preferred_element_type=jnp.int32)
   return acc.astype(jnp.float32) * x_scale * scale
