@@ -62,4 +62,4 @@ def sparse_quantize_pack(w: jax.Array, n: int | None = None, m: int | None = Non
   codes = pallas_triton.mask_quantize_pack(
       wp, sp, n=None if dense else n, m=None if dense else m, block_n=block_n_for(c16, 64),
       interpret=jax.default_backend() != "gpu")
-  return PackedTernary(codes[:cols], col_scale, in_features=k, split=split)
+  return PackedTernary(codes[:, :cols].T, col_scale, in_features=k, split=split)

@@ -119,7 +119,7 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     quantize_x: first quantize `x` per token to int8 (`sbitnet.ops.absmax_int8`, as BitLinear
       does), then `y = (x_q @ t) * s_x * gamma` with exact int32 accumulation.
     implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
-      off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (128 with
+      off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (512 with
       `quantize_x` and no `int8_weight`: `config.two_bit_max_m`) and the measured faster
       implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
       takes `int8_weight`) and runs the int8 GEMM with fused scales (`int8_gemm`); otherwise the

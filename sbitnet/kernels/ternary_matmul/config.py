@@ -1,8 +1,9 @@
 """Tile choices for the Pallas ternary matmul, from the shape alone (static under jit).
 
 Measured on an H200 with format-v2 (K-major) codes (docs/kernels.md, the layout sweep), kernel
-alone: at M <= 16 block_n = 128 (int8) / 256 (bf16) with ~900 programs (split-K, >= 4 K tiles per
-split) was the best or within 5 % of it on 8192→28672 and 2048→22016; at M = 64-128 block_m = 64
+alone: at M <= 16 block_n = 128 with ~900 programs (split-K, >= 4 K tiles per split; bf16 on
+N >= WIDE_N: block_n = 256) was the best or within 5 % of it on 8192→28672 and 2048→22016 (bf16
+with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128 block_m = 64
 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on N >= WIDE_N
 (128 below) was best or within 1 % (2-3x the format-v1 kernel). Above `two_bit_max_m` int8
 activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below.
@@ -17,7 +18,7 @@ from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 # The 2-bit kernel serves M up to DECODE_MAX_M; int8 activations on a weight whose unpacked int8
 # copy is not kept also up to TWO_BIT_MAX_M, where the alternative unpacks the codes every call.
 DECODE_MAX_M = 64
-TWO_BIT_MAX_M = 128
+TWO_BIT_MAX_M = 512
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
 # programs' loads in flight); split-K supplies them when N alone is too narrow.
 TARGET_PROGRAMS = 896
@@ -47,7 +48,7 @@ def two_bit_max_m(int8: bool, int8_weight_kept: bool) -> int:
 def choose(m: int, n: int, kp: int, int8: bool) -> Config:
   """Config for `x [m, kp] × codes [n, kp / 4]`; n must be a multiple of 16."""
   if m <= 16:
-    block_n = block_n_for(n, 128 if int8 else 256)
+    block_n = block_n_for(n, 256 if n >= WIDE_N and not int8 else 128)
     return Config(block_m=16, block_n=block_n,
                   split_k=split_for(kp // TILE_K, n // block_n), num_warps=4, num_stages=3)
   block_n = block_n_for(n, 256 if n >= WIDE_N else 128)
