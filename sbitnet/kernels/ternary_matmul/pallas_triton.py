@@ -11,8 +11,8 @@ dots of `[block_m, 32]` activations with the `[block_n, 32]` plane, both K-major
   float: plane value v = 1 + c / 4  (exact in bf16/f16),       x @ t = 4 (x @ v) - 5 sum(x)
 
 accumulated in int32 (exact) or float32; the epilogue applies the correction and both scales.
-Triton stages the packed bytes in shared memory and loads them into the MMA operand layout before
-the decode, so only packed bytes cross shared memory.
+Triton decides how the decoded planes reach the MMA (with format v1 the SASS showed the packed
+bytes staged in shared memory and decoded in the MMA operand registers; not re-checked for v2).
 """
 from __future__ import annotations
 
