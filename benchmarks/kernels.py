@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton  # noqa: E402
-from sbitnet.kernels.ternary_matmul.pack import unpack_codes  # noqa: E402
+from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
 
@@ -171,7 +171,7 @@ def _poison_for(m, k, n, quantize_x):
     cfg = config_lib.choose_int8_gemm(m, n16, k)
     rows = -(-m // cfg.block_m) * cfg.block_m
   else:
-    cfg, rows = config_lib.choose(m, n16, -(-k // 128) * 128, quantize_x), m
+    cfg, rows = config_lib.choose(m, n16, padded_rows(k), quantize_x), m
   dtype = jnp.float32 if cfg.split_k > 1 else jnp.bfloat16
   return cfg, jnp.full((cfg.split_k, rows, n16), jnp.nan, dtype)
 
@@ -220,7 +220,7 @@ def bench_matmul(name, k, n, ms, log, peaks):
           [(x, q, w.T) for q, w in zip(ps, ws_i8)])
     if m > config_lib.TWO_BIT_MAX_M:
       # The 2-bit kernel where the dispatcher no longer sends int8 activations.
-      two_bit = config_lib.choose(m, -(-n // 16) * 16, -(-k // 128) * 128, int8=True)
+      two_bit = config_lib.choose(m, -(-n // 16) * 16, padded_rows(k), int8=True)
       impls["pallas_2bit_int8"] = (
           lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                                       config=two_bit),
@@ -276,7 +276,7 @@ def bench_sweep(shapes, m, log):
   for name in shapes:
     k, n, ps, x = _sweep_inputs(name, m)
     for quantize_x in (True, False):
-      chosen = config_lib.choose(m, n, -(-k // 128) * 128, quantize_x)
+      chosen = config_lib.choose(m, n, padded_rows(k), quantize_x)
       cands = sweep_candidates(m, k, n, quantize_x)
       if not cands:
         continue
@@ -302,7 +302,7 @@ def bench_sweep(shapes, m, log):
 
 
 def _short(c):
-  swap = " swap" if getattr(c, "swap_ab", False) else ""
+  swap = " swap" if c.swap_ab else ""
   return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 
 

@@ -46,8 +46,8 @@ class PackedLinear(nnx.Module):
     """Keeps the ternary weight unpacked, int8 `[out, in]` (`sbitnet.kernels.unpack_int8`), beside
     the codes and passes it to `ternary_matmul`: calls it sends to an int8 GEMM (on GPU, more
     than 64 rows: prefill, large-batch decode; without it the 2-bit kernel serves up to 512 rows)
-    skip unpacking the codes each time; smaller calls still stream the 2-bit codes. Costs 8 more bits per weight of memory. Works on a stacked
-    (`[layers, ...]`) layer too."""
+    skip unpacking the codes each time; smaller calls still stream the 2-bit codes. Costs 8 more
+    bits per weight of memory. Works on a stacked (`[layers, ...]`) layer too."""
     def unpacked(codes, scale):
       return unpack_int8(PackedTernary(codes, scale, in_features=self.in_features))
     for _ in range(self.codes[...].ndim - 2):

@@ -55,7 +55,8 @@ def _kernel(w_ref, s_ref, o_ref, *, n: int | None, m: int | None):
 @functools.partial(jax.jit, static_argnames=("n", "m", "block_n", "interpret"))
 def mask_quantize_pack(w: jax.Array, col_scale: jax.Array, *, n: int | None, m: int | None,
                        block_n: int, interpret: bool = False) -> jax.Array:
-  """Packed codes, transposed (uint8 `[Kp / 4, N]`), of `nm_mask(w) * clip(round(w / col_scale), -1, 1)`.
+  """Packed codes of `nm_mask(w) * clip(round(w / col_scale), -1, 1)` in the format-v1 byte
+  order, uint8 `[Kp / 4, N]` (transpose for format v2).
 
   w: float `[Kp, N]`, Kp a multiple of TILE_K and N of block_n; col_scale: float32 `[N]`, gamma
   per column already clamped to >= eps; (n, m): the pattern with m in SUPPORTED_M, or None, None.

@@ -3,9 +3,9 @@
 Measured on an H200 with format-v2 (K-major) codes (docs/kernels.md, the layout sweep), kernel
 alone: at M <= 16 block_n = 128 with ~900 programs (split-K, >= 4 K tiles per split; bf16 on
 N >= WIDE_N: block_n = 256) was the best or within 5 % of it on 8192→28672 and 2048→22016 (bf16
-with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128 block_m = 64
-with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on N >= WIDE_N
-(128 below) was best or within 1 % (2-3x the format-v1 kernel). Above `two_bit_max_m` int8
+with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128
+block_m = 64 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on
+N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). Above `two_bit_max_m` int8
 activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below.
 """
 

@@ -14,6 +14,7 @@ accumulated in int32 (exact) or float32; the epilogue applies the correction and
 Triton decides how the decoded planes reach the MMA (with format v1 the SASS showed the packed
 bytes staged in shared memory and decoded in the MMA operand registers; not re-checked for v2).
 """
+
 from __future__ import annotations
 
 import dataclasses
