@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
-from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton  # noqa: E402
+from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
@@ -409,17 +409,21 @@ INT8_GEMM_MS = (128, 256, 2048, 16384)
 
 
 def int8_gemm_candidates(m, k, n):
-  """Tile configs of the int8 GEMM to time for one problem (the dispatcher's is added first)."""
-  G = int8_gemm.GemmConfig
+  """Tile configs of the int8 GEMMs to time for one problem (the dispatcher's is added first):
+  the Mosaic GPU kernel's and the Triton-backend kernel's."""
+  G, MG = int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig
+  mosaic = [MG(128, 128, 128, 3), MG(128, 128, 128, 4), MG(128, 128, 64, 4), MG(128, 128, 64, 6),
+            MG(128, 64, 128, 4), MG(64, 128, 128, 4), MG(64, 256, 64, 4), MG(128, 128, 128, 3, 4),
+            MG(128, 128, 128, 3, 16)]
+  mosaic = [c for c in mosaic if not m % c.tile_m and not n % c.cta_n and not k % c.tile_k]
   if m >= 1024:
-    cands = [G(128, 128, 128, 1, 4, 3), G(128, 128, 128, 1, 8, 3), G(128, 256, 128, 1, 8, 3),
-             G(128, 256, 64, 1, 8, 4), G(256, 128, 128, 1, 8, 3), G(128, 128, 64, 1, 4, 4),
-             G(64, 128, 128, 1, 4, 4), G(128, 256, 128, 1, 8, 4)]
+    cands = [G(128, 128, 128, 1, 4, 3), G(128, 256, 128, 1, 8, 3), G(128, 128, 64, 1, 4, 4)]
   else:
     cands = [G(bm, bn, 128, s, 4, st) for bm in (64, 128) for bn in (64, 128) for s in (1, 2, 4, 8)
              for st in (3,)] + [G(64, 128, 128, 4, 4, 4), G(128, 128, 128, 2, 8, 3)]
-  return [c for c in cands if not n % c.block_n and not k % (c.block_k * c.split_k)
-          and m % c.block_m == 0]
+  cands = [c for c in cands if not n % c.block_n and not k % (c.block_k * c.split_k)
+           and m % c.block_m == 0]
+  return mosaic + cands
 
 
 def bench_int8_gemm(shapes, ms, log):
@@ -474,7 +478,9 @@ def bench_int8_gemm(shapes, ms, log):
 
 
 def _short_gemm(c):
-  return f"bm{c.block_m} bn{c.block_n} bk{c.block_k} split{c.split_k} w{c.num_warps} s{c.num_stages}"
+  if isinstance(c, int8_gemm_mgpu.MgpuGemmConfig):
+    return f"mosaic tm{c.tile_m} tn{c.tile_n} tk{c.tile_k} s{c.stages} snake{c.snake_width}"
+  return f"triton bm{c.block_m} bn{c.block_n} bk{c.block_k} split{c.split_k} w{c.num_warps} s{c.num_stages}"
 
 
 def _fmt(v):

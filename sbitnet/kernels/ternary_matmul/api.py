@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul import config as config_lib
-from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton, reference
+from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton, reference
 from sbitnet.kernels.ternary_matmul.pack import PackedTernary, check_packed
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax
 
 IMPLEMENTATIONS = ("xla", "pallas")
 PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
+INT8_GEMM_CONFIGS = (int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig)
 
 
 def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) -> None:
@@ -85,12 +86,24 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
 
 
 def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax.Array,
-               out_dtype, config: int8_gemm.GemmConfig | None,
+               out_dtype, config: int8_gemm.GemmConfig | int8_gemm_mgpu.MgpuGemmConfig | None,
                out_init: jax.Array | None) -> jax.Array:
-  """`(xq @ t.T) * row_scale * col_scale` through the Pallas int8 GEMM, padding M, N and K."""
+  """`(xq @ t.T) * row_scale * col_scale` through a Pallas int8 GEMM, padding M, N and K."""
   (m, k), n = xq.shape, t.shape[0]
   n16 = -(-n // 16) * 16
   c = config or config_lib.choose_int8_gemm(m, n16, k)
+  off_gpu = jax.default_backend() != "gpu"
+  if isinstance(c, int8_gemm_mgpu.MgpuGemmConfig):
+    if out_init is not None:
+      raise ValueError("out_init does not apply to the Mosaic GPU int8 GEMM (its interpret mode "
+                       "already fills the output with NaN before the kernel runs).")
+    mp, np_, kp = (-(-m // c.tile_m) * c.tile_m, -(-n // c.cta_n) * c.cta_n,
+                   -(-k // c.tile_k) * c.tile_k)
+    y = int8_gemm_mgpu.matmul(
+        _pad_to(_pad_to(xq, 1, kp), 0, mp), _pad_to(_pad_to(t, 1, kp), 0, np_),
+        _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, np_), config=c, out_dtype=out_dtype,
+        num_sms=4 if off_gpu else jax.devices()[0].core_count, interpret=off_gpu)
+    return y[:m, :n]
   if n16 % c.block_n or c.block_m % 16 or c.block_k % 32 or c.split_k < 1:
     raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
                      f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, block_k="
@@ -101,14 +114,15 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
   t = _pad_to(_pad_to(t, 1, kp), 0, n16)
   row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, n16)
   parts = int8_gemm.matmul(xq, t, row_scale, col_scale, config=c,
-                           out_dtype=_part_dtype(c, out_dtype),
-                           interpret=jax.default_backend() != "gpu", out_init=out_init)
+                           out_dtype=_part_dtype(c, out_dtype), interpret=off_gpu,
+                           out_init=out_init)
   return _product(parts, m, n)
 
 
 def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                    implementation: str | None = None,
-                   config: pallas_triton.Config | int8_gemm.GemmConfig | None = None,
+                   config: (pallas_triton.Config | int8_gemm.GemmConfig
+                            | int8_gemm_mgpu.MgpuGemmConfig | None) = None,
                    out_init: jax.Array | None = None,
                    int8_weight: jax.Array | None = None) -> jax.Array:
   """`y = x @ (t * gamma)` for a packed ternary weight `p` (logical `[K, N]`).
@@ -125,7 +139,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       takes `int8_weight`) and runs the int8 GEMM with fused scales (`int8_gemm`); otherwise the
       2-bit kernel (`pallas_triton`) streams the packed codes.
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
-      kernel or an `int8_gemm.GemmConfig` for the int8 GEMM; None picks by shape.
+      kernel, an `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
+      `int8_gemm_mgpu.MgpuGemmConfig` for the Mosaic GPU one; None picks by shape.
     out_init: Pallas only (tests): the kernel's `[split_k, M, N16]` output buffer (the int8
       GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 = N padded to 16), so that
       tiles left unwritten keep its (poison) values.
@@ -151,11 +166,11 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   if impl == "pallas" and not quantize_x and x.dtype not in PALLAS_FLOAT_DTYPES:
     raise ValueError(f"the Pallas kernels take bfloat16/float16 activations (or quantize_x=True), "
                      f"got {x.dtype}; cast x or use implementation='xla'.")
-  if isinstance(config, int8_gemm.GemmConfig) and not (impl == "pallas" and quantize_x):
+  if isinstance(config, INT8_GEMM_CONFIGS) and not (impl == "pallas" and quantize_x):
     raise ValueError(f"{config} is an int8 GEMM config: it needs implementation='pallas' and "
                      "quantize_x=True.")
   int8_gemm_path = impl == "pallas" and quantize_x and (
-      isinstance(config, int8_gemm.GemmConfig)
+      isinstance(config, INT8_GEMM_CONFIGS)
       or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
   if quantize_x and (impl == "xla" or int8_gemm_path):
     xq, x_scale = absmax_int8(x2)
