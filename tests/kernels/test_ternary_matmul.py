@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +10,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sbitnet.kernels import pack, ternary_matmul, unpack_int8
 from sbitnet.kernels.ternary_matmul import config as config_lib
-from sbitnet.kernels.ternary_matmul import int8_gemm, pallas_triton
+from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton
 from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
+from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 from sbitnet.ops import absmax_int8
 from tests.kernels.base import PATTERNS, activations, rel_err, ternary
@@ -240,12 +242,66 @@ def test_int8_gemm_is_the_pallas_path_above_decode_sizes_and_checks_its_inputs()
 @pytest.mark.parametrize("k,n", [(896, 128), (2048, 2048), (2048, 22016), (11008, 2048),
                                  (8192, 28672), (200, 48)])
 def test_int8_gemm_configs_tile_the_model_shapes(m, k, n):
-  c = config_lib.choose_int8_gemm(m, -(-n // 16) * 16, k)
-  assert -(-n // 16) * 16 % c.block_n == 0 and c.block_m % 16 == 0 and c.block_k % 32 == 0
-  assert c.split_k == 1 or -(-k // c.block_k) >= c.split_k * config_lib.MIN_TILES_PER_SPLIT
+  for hopper in (False, True):
+    c = config_lib.choose_int8_gemm(m, -(-n // 16) * 16, k, hopper)
+    if isinstance(c, MgpuGemmConfig):  # the wrapper pads to the tiles; the tiles must be valid
+      assert hopper and m >= config_lib.INT8_GEMM_MIN_M
+      int8_gemm_mgpu.check_tiles(c.tile_m, c.cta_n, c.tile_k, c)
+      continue
+    assert -(-n // 16) * 16 % c.block_n == 0 and c.block_m % 16 == 0 and c.block_k % 32 == 0
+    assert c.split_k == 1 or -(-k // c.block_k) >= c.split_k * config_lib.MIN_TILES_PER_SPLIT
 
 
 def test_dispatcher_takes_the_int8_gemm_where_it_measured_faster():
-  assert config_lib.int8_gemm_wins(4096, n=22016, k=2048)  # Qwen-3B gate/up at prefill
-  assert not config_lib.int8_gemm_wins(4096, n=28672, k=8192)  # cuBLAS via XLA was faster
-  assert not config_lib.int8_gemm_wins(128, n=2048, k=2048)  # large-batch decode: XLA
+  for hopper in (False, True):
+    assert config_lib.int8_gemm_wins(4096, n=22016, k=2048, hopper=hopper)  # 3B gate/up prefill
+    assert not config_lib.int8_gemm_wins(128, n=2048, k=2048, hopper=hopper)  # decode: XLA
+  # On 8192x28672 cuBLAS via XLA beat the Triton-backend GEMM, not the Mosaic GPU one.
+  assert not config_lib.int8_gemm_wins(4096, n=28672, k=8192, hopper=False)
+  assert config_lib.int8_gemm_wins(4096, n=28672, k=8192, hopper=True)
+
+
+@pytest.mark.parametrize("config", [MgpuGemmConfig(64, 64, 64, stages=2, snake_width=2),
+                                    MgpuGemmConfig(128, 64, 32, stages=3, snake_width=1)],
+                         ids=str)
+def test_mosaic_int8_gemm_writes_every_tile_and_equals_xla(config):
+  """Mosaic GPU interpret mode (its output starts as NaN, so an unwritten tile fails): M, N and K
+  off the tiles, more output tiles than the 4 simulated SMs, the kept int8 weight used."""
+  m, k, n = 150, 200, 200
+  x, _, _, p = _case(14, m, k, n, (6, 8))
+  ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
+  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
+  assert out.shape == (m, n) and out.dtype == x.dtype
+  assert np.isfinite(np.asarray(out, np.float32)).all()
+  # Exact int32 accumulation, then the same float32 scale products as XLA's path.
+  np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
+  np.testing.assert_array_equal(
+      np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
+                                int8_weight=-unpack_int8(p)), np.float32), -ref)
+
+
+def test_mosaic_int8_gemm_lowers_for_the_gpu():
+  """Interpret mode cannot read a transposed shared-memory operand, so it runs the kernel with t
+  pre-transposed; the GPU variant (t [N, K] viewed transposed, as int8 wgmma needs) is lowered
+  here through Mosaic GPU's layout inference and dialect lowering, which catch most errors that
+  would otherwise first show on the GPU."""
+  m, k, n = 512, 384, 512
+  args = [jax.ShapeDtypeStruct((m, k), jnp.int8), jax.ShapeDtypeStruct((n, k), jnp.int8),
+          jax.ShapeDtypeStruct((m,), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32)]
+  matmul = functools.partial(int8_gemm_mgpu.matmul, config=MgpuGemmConfig(),
+                             out_dtype=jnp.bfloat16, num_sms=132)
+  text = jax.jit(matmul).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  assert "mosaic_gpu" in text
+
+
+def test_mosaic_int8_gemm_checks_its_tiles():
+  x, _, _, p = _case(15, 8, 64, 32, (2, 4))
+  with pytest.raises(ValueError, match="int8 GEMM config"):
+    ternary_matmul(x, p, implementation="pallas", config=MgpuGemmConfig())
+  with pytest.raises(ValueError, match="does not tile M=128, N=256, K=128"):
+    int8_gemm_mgpu.matmul(jnp.zeros((128, 128), jnp.int8), jnp.zeros((256, 128), jnp.int8),
+                          jnp.ones(128), jnp.ones(256), config=MgpuGemmConfig(tile_m=96),
+                          out_dtype=jnp.bfloat16, num_sms=4, interpret=True)
+  with pytest.raises(ValueError, match="out_init does not apply"):
+    ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig(),
+                   out_init=jnp.zeros((1, 8, 32)))

@@ -6,12 +6,14 @@ N >= WIDE_N: block_n = 256) was the best or within 5 % of it on 8192→28672 and
 with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128
 block_m = 64 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on
 N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). Above `two_bit_max_m` int8
-activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below.
+activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below (on Hopper the
+Mosaic GPU kernel, elsewhere the Triton-backend one).
 """
 
 from __future__ import annotations
 
 from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
+from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
 from sbitnet.kernels.ternary_matmul.pack import TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 
@@ -25,6 +27,8 @@ TARGET_PROGRAMS = 896
 MIN_TILES_PER_SPLIT = 4
 WIDE_N = 16384
 INT8_GEMM_MAX_WEIGHT = 1 << 26
+# From this M the Pallas int8 GEMM beat XLA's int8 GEMM + scale pass (H200 sweeps).
+INT8_GEMM_MIN_M = 1024
 
 
 def block_n_for(n: int, largest: int = 128) -> int:
@@ -58,12 +62,16 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
                 num_stages=3, swap_ab=True)
 
 
-def choose_int8_gemm(m: int, n: int, k: int) -> GemmConfig:
-  """Config of the int8 GEMM for `x [m, k] × t [n, k]`; the caller pads m to block_m, n to a
-  multiple of 16 and k to block_k · split_k. From the H200 sweep (docs/kernels.md): at M >= 1024
+def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuGemmConfig:
+  """Config of the int8 GEMM for `x [m, k] × t [n, k]`; the caller pads. On Hopper at M >=
+  INT8_GEMM_MIN_M the Mosaic GPU kernel with 128×128 tiles per warpgroup, K step 128 and 3 stages
+  (best or within 2 % of the best of 9 configs on the Qwen-3B layers and 8192×28672 at M = 2048
+  and 16384, H200). Otherwise the Triton-backend kernel, from its H200 sweep: at M >= 1024
   128×128×128 tiles with 4 warps were best or within 5 % on every Qwen-3B layer; below, narrow
   layers want 64-wide tiles and a 2-way K split, wide ones 128 rows and no split."""
-  if m >= 1024:
+  if hopper and m >= INT8_GEMM_MIN_M:
+    return MgpuGemmConfig(tile_m=128, tile_n=128, tile_k=128, stages=3)
+  if m >= INT8_GEMM_MIN_M:
     return GemmConfig(block_m=128, block_n=block_n_for(n, 128), block_k=128, split_k=1,
                       num_warps=4, num_stages=3)
   narrow = n <= 4096
@@ -72,8 +80,10 @@ def choose_int8_gemm(m: int, n: int, k: int) -> GemmConfig:
                     block_k=128, split_k=split, num_warps=4, num_stages=3)
 
 
-def int8_gemm_wins(m: int, n: int, k: int) -> bool:
-  """Whether the Pallas int8 GEMM beat XLA's (int8 GEMM + scale pass) in the H200 sweep: at M >=
-  1024 on weights up to INT8_GEMM_MAX_WEIGHT (Qwen-3B layers, 2-16 % faster); XLA's cuBLAS GEMM
-  was faster on 8192×28672 (by 18-27 %) and at most smaller M."""
-  return m >= 1024 and k * n <= INT8_GEMM_MAX_WEIGHT
+def int8_gemm_wins(m: int, n: int, k: int, hopper: bool) -> bool:
+  """Whether the Pallas int8 GEMM beat XLA's (int8 GEMM + scale pass) in the H200 sweeps: the
+  Mosaic GPU kernel at M >= INT8_GEMM_MIN_M on every measured layer (1.1-1.6x XLA's at M = 2048
+  and 16384); the Triton-backend one (used off Hopper) at M >= INT8_GEMM_MIN_M on weights up to
+  INT8_GEMM_MAX_WEIGHT (Qwen-3B layers, 2-16 % faster; XLA's cuBLAS GEMM was faster on
+  8192×28672 by 18-27 %)."""
+  return m >= INT8_GEMM_MIN_M and (hopper or k * n <= INT8_GEMM_MAX_WEIGHT)

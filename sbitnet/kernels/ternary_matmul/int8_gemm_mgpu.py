@@ -40,7 +40,7 @@ class MgpuGemmConfig:
   tile_m: int = 128
   tile_n: int = 128
   tile_k: int = 128
-  stages: int = 4
+  stages: int = 3
   snake_width: int = 8
 
   @property
