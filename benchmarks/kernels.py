@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
+from sbitnet.kernels.ternary_matmul.api import on_hopper  # noqa: E402
 from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
@@ -163,12 +164,15 @@ def check_correctness(log):
 
 
 def _poison_for(m, k, n, quantize_x):
-  """(config, a NaN output buffer) for the Pallas kernel `ternary_matmul` dispatches to: the 2-bit
-  kernel writes `[split_k, M, N16]`, the int8 GEMM (int8 above TWO_BIT_MAX_M; no int8 weight is
-  kept here) `[split_k, Mp, N16]`."""
+  """(config, a NaN output buffer or None) for the Pallas kernel `ternary_matmul` dispatches to:
+  the 2-bit kernel writes `[split_k, M, N16]`, the Triton int8 GEMM (int8 above TWO_BIT_MAX_M; no
+  int8 weight is kept here) `[split_k, Mp, N16]`; the Mosaic GPU int8 GEMM allocates its own
+  output (None: the comparison with XLA is the check)."""
   n16 = -(-n // 16) * 16
   if quantize_x and m > config_lib.two_bit_max_m(True, int8_weight_kept=False):
-    cfg = config_lib.choose_int8_gemm(m, n16, k)
+    cfg = config_lib.choose_int8_gemm(m, n16, k, on_hopper())
+    if isinstance(cfg, int8_gemm_mgpu.MgpuGemmConfig):
+      return cfg, None
     rows = -(-m // cfg.block_m) * cfg.block_m
   else:
     cfg, rows = config_lib.choose(m, n16, padded_rows(k), quantize_x), m
@@ -449,7 +453,7 @@ def bench_int8_gemm(shapes, ms, log):
       ref = np.asarray(op(x, ts[0], "xla"), np.float64)
       res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est),
              "ternary_xla_int8": timed(lambda x, t: op(x, t, "xla"), [(x, t) for t in ts], est)}
-      chosen = config_lib.choose_int8_gemm(m, n, k)
+      chosen = config_lib.choose_int8_gemm(m, n, k, on_hopper())
       cands = [chosen] + [c for c in int8_gemm_candidates(m, k, n) if c != chosen]
       for c in cands:
         f = functools.partial(op, implementation="pallas", config=c)

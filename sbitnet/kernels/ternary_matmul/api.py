@@ -30,7 +30,7 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) ->
                      f"([in, out]); x's last axis must be {p.in_features}.")
 
 
-def _on_hopper() -> bool:
+def on_hopper() -> bool:
   """Whether the default device is a Hopper GPU (sm_90: wgmma, the Mosaic GPU kernel's target)."""
   device = jax.devices()[0]
   return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
@@ -46,7 +46,7 @@ def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: b
     return "xla"
   if m <= config_lib.two_bit_max_m(quantize_x, int8_weight_kept):
     return "pallas"
-  return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k, _on_hopper()) else "xla"
+  return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k, on_hopper()) else "xla"
 
 
 def _pad_to(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -97,7 +97,7 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
   """`(xq @ t.T) * row_scale * col_scale` through a Pallas int8 GEMM, padding M, N and K."""
   (m, k), n = xq.shape, t.shape[0]
   n16 = -(-n // 16) * 16
-  c = config or config_lib.choose_int8_gemm(m, n16, k, _on_hopper())
+  c = config or config_lib.choose_int8_gemm(m, n16, k, on_hopper())
   off_gpu = jax.default_backend() != "gpu"
   if isinstance(c, int8_gemm_mgpu.MgpuGemmConfig):
     if out_init is not None:
