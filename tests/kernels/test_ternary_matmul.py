@@ -245,7 +245,7 @@ def test_int8_gemm_configs_tile_the_model_shapes(m, k, n):
   for hopper in (False, True):
     c = config_lib.choose_int8_gemm(m, -(-n // 16) * 16, k, hopper)
     if isinstance(c, MgpuGemmConfig):  # the wrapper pads to the tiles; the tiles must be valid
-      assert hopper and m >= config_lib.INT8_GEMM_MIN_M
+      assert hopper and m >= config_lib.MOSAIC_INT8_GEMM_MIN_M
       int8_gemm_mgpu.check_tiles(c.tile_m, c.cta_n, c.tile_k, c)
       continue
     assert -(-n // 16) * 16 % c.block_n == 0 and c.block_m % 16 == 0 and c.block_k % 32 == 0
@@ -259,6 +259,12 @@ def test_dispatcher_takes_the_int8_gemm_where_it_measured_faster():
   # On 8192x28672 cuBLAS via XLA beat the Triton-backend GEMM, not the Mosaic GPU one.
   assert not config_lib.int8_gemm_wins(4096, n=28672, k=8192, hopper=False)
   assert config_lib.int8_gemm_wins(4096, n=28672, k=8192, hopper=True)
+  # The Mosaic GEMM serves from 512 rows (large-batch decode with kept int8 weights).
+  assert config_lib.int8_gemm_wins(512, n=2048, k=2048, hopper=True)
+  assert not config_lib.int8_gemm_wins(512, n=2048, k=2048, hopper=False)
+  # 128x256 CTA tiles where they fill the SMs, 128x128 where they would not.
+  assert config_lib.choose_int8_gemm(2048, 2048, 2048, hopper=True).tile_n == 128
+  assert config_lib.choose_int8_gemm(1024, 2048, 2048, hopper=True).tile_n == 64
 
 
 @pytest.mark.parametrize("config", [MgpuGemmConfig(64, 64, 64, stages=2, snake_width=2),

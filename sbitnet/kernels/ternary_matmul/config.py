@@ -27,8 +27,13 @@ TARGET_PROGRAMS = 896
 MIN_TILES_PER_SPLIT = 4
 WIDE_N = 16384
 INT8_GEMM_MAX_WEIGHT = 1 << 26
-# From this M the Pallas int8 GEMM beat XLA's int8 GEMM + scale pass (H200 sweeps).
+# From this M the Pallas int8 GEMM beat XLA's int8 GEMM + scale pass (H200 sweeps): the Triton
+# kernel from 1024 rows, the Mosaic GPU one (Hopper) from 512.
 INT8_GEMM_MIN_M = 1024
+MOSAIC_INT8_GEMM_MIN_M = 512
+# With fewer 128×256 output tiles than this (~3/4 of an H100/H200's 132 SMs) the Mosaic GEMM
+# takes 128×128 CTA tiles instead.
+MOSAIC_MIN_WIDE_TILES = 96
 
 
 def block_n_for(n: int, largest: int = 128) -> int:
@@ -63,14 +68,18 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
 
 
 def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuGemmConfig:
-  """Config of the int8 GEMM for `x [m, k] × t [n, k]`; the caller pads. On Hopper at M >=
-  INT8_GEMM_MIN_M the Mosaic GPU kernel with 128×128 tiles per warpgroup, K step 128 and 3 stages
-  (best or within 2 % of the best of 9 configs on the Qwen-3B layers and 8192×28672 at M = 2048
-  and 16384, H200). Otherwise the Triton-backend kernel, from its H200 sweep: at M >= 1024
-  128×128×128 tiles with 4 warps were best or within 5 % on every Qwen-3B layer; below, narrow
-  layers want 64-wide tiles and a 2-way K split, wide ones 128 rows and no split."""
-  if hopper and m >= INT8_GEMM_MIN_M:
-    return MgpuGemmConfig(tile_m=128, tile_n=128, tile_k=128, stages=3)
+  """Config of the int8 GEMM for `x [m, k] × t [n, k]`; the caller pads. From the H200 sweeps
+  (docs/kernels.md). On Hopper from MOSAIC_INT8_GEMM_MIN_M rows the Mosaic GPU kernel: 128×128
+  tiles per warpgroup (CTA 128×256), K step 128, 3 stages (best or within 2 % of 9 configs on the
+  Qwen-3B layers and 8192×28672 at M = 512-16384) unless that leaves most SMs idle (Qwen-3B
+  q/o and down at M <= 1024), then 128×64 per warpgroup with 4 stages (1.3x the wide tiles
+  there). Otherwise the Triton-backend kernel: at M >= 1024 128×128×128 tiles with 4 warps were
+  best or within 5 % on every Qwen-3B layer; below, narrow layers want 64-wide tiles and a 2-way
+  K split, wide ones 128 rows and no split."""
+  if hopper and m >= MOSAIC_INT8_GEMM_MIN_M:
+    if -(-m // 128) * -(-n // 256) >= MOSAIC_MIN_WIDE_TILES:
+      return MgpuGemmConfig(tile_m=128, tile_n=128, tile_k=128, stages=3)
+    return MgpuGemmConfig(tile_m=128, tile_n=64, tile_k=128, stages=4)
   if m >= INT8_GEMM_MIN_M:
     return GemmConfig(block_m=128, block_n=block_n_for(n, 128), block_k=128, split_k=1,
                       num_warps=4, num_stages=3)
@@ -82,8 +91,11 @@ def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuG
 
 def int8_gemm_wins(m: int, n: int, k: int, hopper: bool) -> bool:
   """Whether the Pallas int8 GEMM beat XLA's (int8 GEMM + scale pass) in the H200 sweeps: the
-  Mosaic GPU kernel at M >= INT8_GEMM_MIN_M on every measured layer (1.1-1.6x XLA's at M = 2048
-  and 16384); the Triton-backend one (used off Hopper) at M >= INT8_GEMM_MIN_M on weights up to
+  Mosaic GPU kernel from MOSAIC_INT8_GEMM_MIN_M rows (Qwen-3B layers: 1.5x XLA's on gate/up at
+  M = 512-1024, 1.0-1.1x on q/o and down; all four layers 1.1-1.6x at M = 2048 and 16384); the
+  Triton-backend one (used off Hopper) from INT8_GEMM_MIN_M rows on weights up to
   INT8_GEMM_MAX_WEIGHT (Qwen-3B layers, 2-16 % faster; XLA's cuBLAS GEMM was faster on
   8192×28672 by 18-27 %)."""
-  return m >= INT8_GEMM_MIN_M and (hopper or k * n <= INT8_GEMM_MAX_WEIGHT)
+  if hopper:
+    return m >= MOSAIC_INT8_GEMM_MIN_M
+  return m >= INT8_GEMM_MIN_M and k * n <= INT8_GEMM_MAX_WEIGHT
