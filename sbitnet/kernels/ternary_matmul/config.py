@@ -73,7 +73,7 @@ def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuG
   tiles per warpgroup (CTA 128×256), K step 128, 3 stages (best or within 2 % of 9 configs on the
   Qwen-3B layers and 8192×28672 at M = 512-16384) unless that leaves most SMs idle (Qwen-3B
   q/o and down at M <= 1024), then 128×64 per warpgroup with 4 stages (1.3x the wide tiles
-  there). Otherwise the Triton-backend kernel: at M >= 1024 128×128×128 tiles with 4 warps were
+  at M = 1024). Otherwise the Triton-backend kernel: at M >= 1024 128×128×128 tiles with 4 warps were
   best or within 5 % on every Qwen-3B layer; below, narrow layers want 64-wide tiles and a 2-way
   K split, wide ones 128 rows and no split."""
   if hopper and m >= MOSAIC_INT8_GEMM_MIN_M:
@@ -92,7 +92,7 @@ def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuG
 def int8_gemm_wins(m: int, n: int, k: int, hopper: bool) -> bool:
   """Whether the Pallas int8 GEMM beat XLA's (int8 GEMM + scale pass) in the H200 sweeps: the
   Mosaic GPU kernel from MOSAIC_INT8_GEMM_MIN_M rows (Qwen-3B layers: 1.5x XLA's on gate/up at
-  M = 512-1024, 1.0-1.1x on q/o and down; all four layers 1.1-1.6x at M = 2048 and 16384); the
+  M = 512-1024, 0.98-1.12x on q/o and down; all four layers 1.1-1.6x at M = 2048 and 16384); the
   Triton-backend one (used off Hopper) from INT8_GEMM_MIN_M rows on weights up to
   INT8_GEMM_MAX_WEIGHT (Qwen-3B layers, 2-16 % faster; XLA's cuBLAS GEMM was faster on
   8192×28672 by 18-27 %)."""
