@@ -286,18 +286,24 @@ def test_mosaic_int8_gemm_writes_every_tile_and_equals_xla(config):
                                 int8_weight=-unpack_int8(p)), np.float32), -ref)
 
 
-def test_mosaic_int8_gemm_lowers_for_the_gpu():
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "shard_map"])
+def test_mosaic_int8_gemm_lowers_for_the_gpu(sharded):
   """Interpret mode cannot read a transposed shared-memory operand, so it runs the kernel with t
   pre-transposed; the GPU variant (t [N, K] viewed transposed, as int8 wgmma needs) is lowered
   here through Mosaic GPU's layout inference and dialect lowering, which catch most errors that
-  would otherwise first show on the GPU."""
-  m, k, n = 512, 384, 512
+  would otherwise first show on the GPU. Also under shard_map over N (8 shards), which interpret
+  mode cannot simulate (it runs one device)."""
+  m, k, n = 512, 384, 8 * 256
   args = [jax.ShapeDtypeStruct((m, k), jnp.int8), jax.ShapeDtypeStruct((n, k), jnp.int8),
           jax.ShapeDtypeStruct((m,), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32)]
   matmul = functools.partial(int8_gemm_mgpu.matmul, config=MgpuGemmConfig(),
                              out_dtype=jnp.bfloat16, num_sms=132)
+  if sharded:
+    mesh = Mesh(np.array(jax.devices()[:8]), ("tensor",))
+    matmul = jax.shard_map(matmul, mesh=mesh, in_specs=(P(), P("tensor"), P(), P("tensor")),
+                           out_specs=P(None, "tensor"), check_vma=False)
   text = jax.jit(matmul).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-  assert "mosaic_gpu" in text
+  assert text.count("custom_call @mosaic_gpu") == 1
 
 
 def test_mosaic_int8_gemm_checks_its_tiles():

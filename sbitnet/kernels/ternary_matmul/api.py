@@ -142,12 +142,13 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (512 with
       `quantize_x` and no `int8_weight`: `config.two_bit_max_m`) and the measured faster
       implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
-      takes `int8_weight`) and runs the int8 GEMM with fused scales (`int8_gemm`); otherwise the
-      2-bit kernel (`pallas_triton`) streams the packed codes.
+      takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper from 512 rows the
+      Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
+      the 2-bit kernel (`pallas_triton`) streams the packed codes.
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
       kernel, an `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
       `int8_gemm_mgpu.MgpuGemmConfig` for the Mosaic GPU one; None picks by shape.
-    out_init: Pallas only (tests): the kernel's `[split_k, M, N16]` output buffer (the int8
+    out_init: Triton kernels only (tests): the kernel's `[split_k, M, N16]` output buffer (the int8
       GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 = N padded to 16), so that
       tiles left unwritten keep its (poison) values.
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,

@@ -6,13 +6,20 @@ xq int8 `[M, K]` (per-token absmax activations), t int8 `[N, K]` (K-major, `unpa
 int32 accumulation by `wgmma.m64nNk32.s32.s8.s8`, then float32 scales on the accumulator in
 registers and only the output dtype written. The kernel is persistent (one CTA per SM walking the
 output tiles in a planar snake for L2 reuse) and warp-specialized: one warpgroup issues TMA loads
-of K tiles into a ring of `stages` shared-memory slots, two compute warpgroups each own a
-`tile_m × tile_n` accumulator (side by side along N) and run the wgmmas; the epilogue goes
-registers → shared memory → TMA store while the next tile's loads are already in flight. Both
-operands are K-major in shared memory (int8 wgmma takes no transposes); the B operand is the
-`[tile_n, tile_k]` tile of t read through a transposed view.
+of K tiles into a ring of `stages` shared-memory slots (and can run ahead into the next output
+tile while the compute warpgroups finish the last one), two compute warpgroups each own a
+`tile_m × tile_n` accumulator (side by side along N), run the wgmmas, then copy their slices of
+the scales in by TMA and store the scaled tile through shared memory by TMA. Both operands are
+K-major in shared memory (int8 wgmma takes no transposes): the B operand is the `[tile_n, tile_k]`
+tile of t read through a transposed view.
 
-Used for large M (prefill, training-size batches); the Triton-backend kernels cover the rest.
+Interpret mode (CPU tests) cannot read a transposed shared-memory operand, so there the kernel
+gets t transposed (`[K, N]`, `w_k_major=False`) and multiplies its tiles as they are; everything
+else is the same code. The scales are copied after the main loop because issuing those copies
+before it deadlocked interpret mode.
+
+Used from 512 rows on Hopper (prefill, large-batch decode with kept int8 weights; see
+`config.int8_gemm_wins`); the Triton-backend kernels cover the rest.
 """
 
 from __future__ import annotations
@@ -161,7 +168,7 @@ def matmul(xq: jax.Array, t: jax.Array, row_scale: jax.Array, col_scale: jax.Arr
     raise ValueError(f"int8 GEMM wants int8 x [M, K] and t [N, K], got {xq.dtype} "
                      f"{tuple(xq.shape)} and {t.dtype} {tuple(t.shape)}.")
   check_tiles(m, n, k, config)
-  if interpret:
+  if interpret:  # no public export of the GPU interpret parameters (jax 0.10-0.11)
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
     interpret_params = InterpretGPUParams()
   else:
