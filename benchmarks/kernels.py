@@ -6,8 +6,8 @@
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); ceiling: a kernel that only streams the packed
 bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
-int8gemm: the Pallas int8 GEMM with fused scales (kept int8 weights) over tile configs, each
-checked against XLA first, beside XLA's int8 and bf16 GEMMs.
+int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
+weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
 
 Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
 one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
@@ -484,7 +484,8 @@ def bench_int8_gemm(shapes, ms, log):
 def _short_gemm(c):
   if isinstance(c, int8_gemm_mgpu.MgpuGemmConfig):
     return f"mosaic tm{c.tile_m} tn{c.tile_n} tk{c.tile_k} s{c.stages} snake{c.snake_width}"
-  return f"triton bm{c.block_m} bn{c.block_n} bk{c.block_k} split{c.split_k} w{c.num_warps} s{c.num_stages}"
+  return (f"triton bm{c.block_m} bn{c.block_n} bk{c.block_k} split{c.split_k} w{c.num_warps} "
+          f"s{c.num_stages}")
 
 
 def _fmt(v):

@@ -33,7 +33,8 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) ->
 def on_hopper() -> bool:
   """Whether the default device is a Hopper GPU (sm_90: wgmma, the Mosaic GPU kernel's target)."""
   device = jax.devices()[0]
-  return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
+  capability = str(getattr(device, "compute_capability", ""))
+  return device.platform == "gpu" and capability.startswith("9.")
 
 
 def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: bool) -> str:

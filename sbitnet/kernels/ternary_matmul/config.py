@@ -73,9 +73,9 @@ def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuG
   tiles per warpgroup (CTA 128×256), K step 128, 3 stages (best or within 2 % of 9 configs on the
   Qwen-3B layers and 8192×28672 at M = 512-16384) unless that leaves most SMs idle (Qwen-3B
   q/o and down at M <= 1024), then 128×64 per warpgroup with 4 stages (1.3x the wide tiles
-  at M = 1024). Otherwise the Triton-backend kernel: at M >= 1024 128×128×128 tiles with 4 warps were
-  best or within 5 % on every Qwen-3B layer; below, narrow layers want 64-wide tiles and a 2-way
-  K split, wide ones 128 rows and no split."""
+  at M = 1024). Otherwise the Triton-backend kernel: at M >= 1024 128×128×128 tiles with 4
+  warps were best or within 5 % on every Qwen-3B layer; below, narrow layers want 64-wide tiles
+  and a 2-way K split, wide ones 128 rows and no split."""
   if hopper and m >= MOSAIC_INT8_GEMM_MIN_M:
     if -(-m // 128) * -(-n // 256) >= MOSAIC_MIN_WIDE_TILES:
       return MgpuGemmConfig(tile_m=128, tile_n=128, tile_k=128, stages=3)
