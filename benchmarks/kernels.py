@@ -222,6 +222,13 @@ def bench_matmul(name, k, n, ms, log, peaks):
           lambda x, p, w: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                                          int8_weight=w),
           [(x, q, w.T) for q, w in zip(ps, ws_i8)])
+    if config_lib.DECODE_MAX_M < m <= config_lib.TWO_BIT_MAX_M:
+      # The int8 GEMM with the codes unpacked per call, where the dispatcher streams them instead.
+      gemm = config_lib.choose_int8_gemm(m, -(-n // 16) * 16, k, on_hopper())
+      impls["pallas_unpack_int8gemm"] = (
+          lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                      config=gemm),
+          [(x, q) for q in ps])
     if m > config_lib.TWO_BIT_MAX_M:
       # The 2-bit kernel where the dispatcher no longer sends int8 activations.
       two_bit = config_lib.choose(m, -(-n // 16) * 16, padded_rows(k), int8=True)
