@@ -50,6 +50,10 @@ def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: b
   return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k, on_hopper()) else "xla"
 
 
+def _round_up(size: int, multiple: int) -> int:
+  return -(-size // multiple) * multiple
+
+
 def _pad_to(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
   if a.shape[axis] == size:
     return a
@@ -74,7 +78,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   quantized per token to int8 first with `quantize_x`."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
-  n16 = -(-n // 16) * 16
+  n16 = _round_up(n, 16)
   codes = _pad_to(p.codes, 0, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
   c = config or config_lib.choose(m, n16, kp, quantize_x)
@@ -97,29 +101,29 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
                out_init: jax.Array | None) -> jax.Array:
   """`(xq @ t.T) * row_scale * col_scale` through a Pallas int8 GEMM, padding M, N and K."""
   (m, k), n = xq.shape, t.shape[0]
-  n16 = -(-n // 16) * 16
+  n16 = _round_up(n, 16)
   c = config or config_lib.choose_int8_gemm(m, n16, k, on_hopper())
   off_gpu = jax.default_backend() != "gpu"
-  if isinstance(c, int8_gemm_mgpu.MgpuGemmConfig):
+  mosaic = isinstance(c, int8_gemm_mgpu.MgpuGemmConfig)
+  if mosaic:
     if out_init is not None:
       raise ValueError("out_init does not apply to the Mosaic GPU int8 GEMM (its interpret mode "
                        "already fills the output with NaN before the kernel runs).")
-    mp, np_, kp = (-(-m // c.tile_m) * c.tile_m, -(-n // c.cta_n) * c.cta_n,
-                   -(-k // c.tile_k) * c.tile_k)
-    y = int8_gemm_mgpu.matmul(
-        _pad_to(_pad_to(xq, 1, kp), 0, mp), _pad_to(_pad_to(t, 1, kp), 0, np_),
-        _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, np_), config=c, out_dtype=out_dtype,
-        num_sms=4 if off_gpu else jax.devices()[0].core_count, interpret=off_gpu)
+    multiples = (c.tile_m, c.cta_n, c.tile_k)
+  else:
+    if n16 % c.block_n or c.block_m % 16 or c.block_k % 32 or c.split_k < 1:
+      raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
+                       f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, "
+                       f"block_k={c.block_k} of 32, and split_k={c.split_k} positive.")
+    multiples = (c.block_m, 16, c.block_k * c.split_k)
+  mp, np_, kp = (_round_up(size, multiple) for size, multiple in zip((m, n, k), multiples))
+  xq, t = _pad_to(_pad_to(xq, 1, kp), 0, mp), _pad_to(_pad_to(t, 1, kp), 0, np_)
+  row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, np_)
+  if mosaic:
+    y = int8_gemm_mgpu.matmul(xq, t, row_scale, col_scale, config=c, out_dtype=out_dtype,
+                              num_sms=4 if off_gpu else jax.devices()[0].core_count,
+                              interpret=off_gpu)
     return y[:m, :n]
-  if n16 % c.block_n or c.block_m % 16 or c.block_k % 32 or c.split_k < 1:
-    raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
-                     f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, block_k="
-                     f"{c.block_k} of 32, and split_k={c.split_k} positive.")
-  mp = -(-m // c.block_m) * c.block_m
-  kp = -(-k // (c.block_k * c.split_k)) * c.block_k * c.split_k
-  xq = _pad_to(_pad_to(xq, 1, kp), 0, mp)
-  t = _pad_to(_pad_to(t, 1, kp), 0, n16)
-  row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, n16)
   parts = int8_gemm.matmul(xq, t, row_scale, col_scale, config=c,
                            out_dtype=_part_dtype(c, out_dtype), interpret=off_gpu,
                            out_init=out_init)

@@ -31,7 +31,7 @@ INT8_GEMM_MAX_WEIGHT = 1 << 26
 # kernel from 1024 rows, the Mosaic GPU one (Hopper) from 512.
 INT8_GEMM_MIN_M = 1024
 MOSAIC_INT8_GEMM_MIN_M = 512
-# With fewer 128×256 output tiles than this (~3/4 of an H100/H200's 132 SMs) the Mosaic GEMM
+# With fewer 128×256 CTA tiles (the wide config's) than this (~3/4 of an H100/H200's 132 SMs) the Mosaic GEMM
 # takes 128×128 CTA tiles instead.
 MOSAIC_MIN_WIDE_TILES = 96
 
@@ -77,8 +77,9 @@ def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuG
   warps were best or within 5 % on every Qwen-3B layer; below, narrow layers want 64-wide tiles
   and a 2-way K split, wide ones 128 rows and no split."""
   if hopper and m >= MOSAIC_INT8_GEMM_MIN_M:
-    if -(-m // 128) * -(-n // 256) >= MOSAIC_MIN_WIDE_TILES:
-      return MgpuGemmConfig(tile_m=128, tile_n=128, tile_k=128, stages=3)
+    wide = MgpuGemmConfig(tile_m=128, tile_n=128, tile_k=128, stages=3)
+    if -(-m // wide.tile_m) * -(-n // wide.cta_n) >= MOSAIC_MIN_WIDE_TILES:
+      return wide
     return MgpuGemmConfig(tile_m=128, tile_n=64, tile_k=128, stages=4)
   if m >= INT8_GEMM_MIN_M:
     return GemmConfig(block_m=128, block_n=block_n_for(n, 128), block_k=128, split_k=1,
