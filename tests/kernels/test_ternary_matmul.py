@@ -317,3 +317,13 @@ def test_mosaic_int8_gemm_checks_its_tiles():
   with pytest.raises(ValueError, match="out_init does not apply"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig(),
                    out_init=jnp.zeros((1, 8, 32)))
+
+
+def test_mosaic_int8_gemm_refuses_a_gpu_without_wgmma(monkeypatch):
+  """On a non-Hopper GPU an explicit Mosaic config fails with a clear error before lowering."""
+  from sbitnet.kernels.ternary_matmul import api
+  x, _, _, p = _case(16, 8, 64, 32, (2, 4))
+  monkeypatch.setattr(api.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(api, "on_hopper", lambda: False)
+  with pytest.raises(ValueError, match="needs a Hopper GPU"):
+    ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig())

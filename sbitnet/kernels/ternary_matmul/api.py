@@ -109,6 +109,12 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
     if out_init is not None:
       raise ValueError("out_init does not apply to the Mosaic GPU int8 GEMM (its interpret mode "
                        "already fills the output with NaN before the kernel runs).")
+    if not off_gpu and not on_hopper():
+      device = jax.devices()[0]
+      raise ValueError(f"{c} selects the Mosaic GPU int8 GEMM, which needs a Hopper GPU (compute "
+                       f"capability 9.x, wgmma); this device is {device.device_kind} "
+                       f"({getattr(device, 'compute_capability', 'unknown')}). Pass an "
+                       "int8_gemm.GemmConfig or config=None.")
     multiples = (c.tile_m, c.cta_n, c.tile_k)
   else:
     if n16 % c.block_n or c.block_m % 16 or c.block_k % 32 or c.split_k < 1:
