@@ -1,10 +1,11 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
-  python benchmarks/kernels.py [--part decode|large|sweep|ceiling|fused|int8gemm|all]
+  python benchmarks/kernels.py [--part decode|large|sweep|gemv|ceiling|fused|int8gemm|all]
                                [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
-tile configs (each checked against XLA first); ceiling: a kernel that only streams the packed
+tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at a few
+rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams the packed
 bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
@@ -39,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul.api import on_hopper  # noqa: E402
-from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton  # noqa: E402
+from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu,  # noqa: E402
+                                           pallas_triton)
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
@@ -144,12 +146,16 @@ def check_correctness(log):
   p = pack(t, gamma)
   x = _nonzero_normal(jax.random.key(9), (100, 2048), jnp.bfloat16)
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
-  for cfg in (Config(block_n=128, split_k=1), Config(block_m=64, block_n=128, swap_ab=True)):
-    out = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+  gemv = gemv_dp4a.GemvConfig
+  for cfg, rows in ((Config(block_n=128, split_k=1), 100),
+                    (Config(block_m=64, block_n=128, swap_ab=True), 100),
+                    (gemv(block_n=8, block_w=128), 1), (gemv(block_n=4, block_w=64), 3),
+                    (gemv(block_n=16, block_w=256, num_warps=8), 4)):
+    out = np.asarray(ternary_matmul(x[:rows], p, quantize_x=True, implementation="pallas",
                                     config=cfg), np.float32)
-    diff = int(np.sum(out != ref))
+    diff = int(np.sum(out != ref[:rows]))
     ok &= diff == 0
-    log(f"check int8 without split-K bit-identical to XLA ({_short(cfg)}): differing "
+    log(f"check int8 without split-K bit-identical to XLA ({_short(cfg)}, m={rows}): differing "
         f"outputs={diff} {'ok' if diff == 0 else 'FAIL'}")
   for k, n, pattern in [(4864, 896, (6, 8)), (896, 4864, (2, 4)), (2048, 1000, (None, None))]:
     w = jax.random.normal(jax.random.key(k), (k, n), jnp.float32)
@@ -165,10 +171,13 @@ def check_correctness(log):
 
 def _poison_for(m, k, n, quantize_x):
   """(config, a NaN output buffer or None) for the Pallas kernel `ternary_matmul` dispatches to:
-  the 2-bit kernel writes `[split_k, M, N16]`, the Triton int8 GEMM (int8 above TWO_BIT_MAX_M; no
+  the dp4a GEMV (int8, a few rows) writes `[M, N16]`, the 2-bit MMA kernel `[split_k, M, N16]`, the Triton int8 GEMM (int8 above TWO_BIT_MAX_M; no
   int8 weight is kept here) `[split_k, Mp, N16]`; the Mosaic GPU int8 GEMM allocates its own
   output (None: the comparison with XLA is the check)."""
   n16 = -(-n // 16) * 16
+  if quantize_x and m <= config_lib.GEMV_MAX_M:
+    return (config_lib.choose_gemv(m, n16, padded_rows(k)),
+            jnp.full((m, n16), jnp.nan, jnp.bfloat16))
   if quantize_x and m > config_lib.two_bit_max_m(True, int8_weight_kept=False):
     cfg = config_lib.choose_int8_gemm(m, n16, k, on_hopper())
     if isinstance(cfg, int8_gemm_mgpu.MgpuGemmConfig):
@@ -212,6 +221,12 @@ def bench_matmul(name, k, n, ms, log, peaks):
       impls["ternary_xla_fused"] = (
           lambda x, p: (jnp.dot(x, unpack_codes(p.codes)[:, :k].T.astype(x.dtype),
                                 preferred_element_type=jnp.float32) * p.scale).astype(x.dtype),
+          [(x, q) for q in ps])
+    if m <= config_lib.GEMV_MAX_M:
+      # The 2-bit MMA kernel where the dispatcher takes the dp4a GEMV for int8 activations.
+      mma = config_lib.choose(m, -(-n // 16) * 16, padded_rows(k), int8=True)
+      impls["pallas_int8_mma"] = (
+          lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=mma),
           [(x, q) for q in ps])
     if m > config_lib.DECODE_MAX_M:
       impls["ternary_xla_int8"] = (
@@ -309,6 +324,58 @@ def bench_sweep(shapes, m, log):
                          us=sec * 1e6, rel_err=err, chosen=c == chosen))
         log(f"  sweep {name:8s} m={m:4d} int8={quantize_x:d} {_short(c)}: {sec * 1e6:8.1f}us "
             f"err={err:.1e}{'  <- default' if c == chosen else ''}")
+  return rows
+
+
+def gemv_candidates(n):
+  """dp4a GEMV tile configs to time (the dispatcher's is added by the caller)."""
+  G = gemv_dp4a.GemvConfig
+  cands = [G(bn, bw) for bn in (2, 4, 8, 16) for bw in (64, 128, 256)]
+  cands += [G(8, 128, num_warps=2), G(8, 128, num_warps=8), G(16, 256, num_warps=8),
+            G(8, 128, num_stages=3)]
+  return [c for c in cands if not n % c.block_n]
+
+
+def bench_gemv(shapes, ms, log):
+  """Whole op with int8 activations at a few rows: the dp4a GEMV over tile configs and the 2-bit
+  MMA kernel at its config, each checked against XLA (bit-identical) first; XLA bf16 beside."""
+  rows = []
+  for name in shapes:
+    for m in ms:
+      k, n, ps, x = _sweep_inputs(name, m)
+      wb = [unpack(q)[0].astype(jnp.bfloat16) for q in ps[:copies(2 * k * n)]]
+      ref = np.asarray(ternary_matmul(x, ps[0], quantize_x=True, implementation="xla"),
+                       np.float32)
+      est = k * n / 4 / 2e12
+      res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
+      chosen = config_lib.choose_gemv(m, n, padded_rows(k))
+      mma = config_lib.choose(m, n, padded_rows(k), int8=True)
+      for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
+        def f(x, p, c=c):
+          return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
+        label = (f"mma {_short(c)}" if isinstance(c, Config) else
+                 f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}")
+        try:
+          out = np.asarray(jax.jit(f)(x, ps[0]), np.float32)
+          err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+          if isinstance(c, gemv_dp4a.GemvConfig) and not np.array_equal(out, ref):
+            log(f"  gemv {name} m={m} {label}: WRONG (not bit-identical), rel_err={err:.2e}")
+            continue
+          res[label + (" (default)" if c == chosen else "")] = timed(
+              f, [(x, q) for q in ps], est)
+        except Exception as e:  # a failing config is reported, the rest still run
+          log(f"  gemv {name} m={m} {label}: ERROR {type(e).__name__}: {str(e)[:300]}")
+      base = res["xla_bf16"]
+      nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
+      for impl, sec in res.items():
+        rows.append(dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6,
+                         speedup_vs_bf16=base / sec, packed_tb_s=nbytes / sec / 1e12))
+      ranked = sorted((v, i) for i, v in res.items() if i != "xla_bf16")
+      log(f"  gemv {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
+          f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
+          for v, i in ranked[:5]) + "".join(
+          f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x)" for v, i in ranked[5:]
+          if "default" in i or i.startswith("mma")))
   return rows
 
 
@@ -502,8 +569,8 @@ def _fmt(v):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
-                  choices=("decode", "large", "fused", "sweep", "ceiling", "kernelonly", "int8gemm",
-                           "all"))
+                  choices=("decode", "large", "fused", "sweep", "gemv", "ceiling", "kernelonly",
+                           "int8gemm", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -536,6 +603,9 @@ def main():
   if args.part in ("sweep", "all"):
     result["sweep"] = [r for m in ([int(v) for v in args.ms.split(",")] if args.ms else (16,))
                        for r in bench_sweep(sweep_shapes, m, log)]
+  if args.part in ("gemv", "all"):
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 4, 8, 16)
+    result["gemv"] = bench_gemv(sweep_shapes, ms, log)
   if args.part in ("ceiling", "all"):
     result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)
   if args.part in ("ceiling", "kernelonly", "all"):

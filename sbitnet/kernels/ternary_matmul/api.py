@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul import config as config_lib
-from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton, reference
+from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu, pallas_triton,
+                                           reference)
 from sbitnet.kernels.ternary_matmul.pack import PackedTernary, check_packed
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax
 
@@ -73,14 +74,29 @@ def _product(parts: jax.Array, m: int, n: int) -> jax.Array:
 
 
 def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
-            config: pallas_triton.Config | None, out_init: jax.Array | None) -> jax.Array:
-  """The 2-bit kernel on x `[m, K]` as it is (the kernel masks rows and columns past the ends),
-  quantized per token to int8 first with `quantize_x`."""
+            config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
+            out_init: jax.Array | None) -> jax.Array:
+  """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
+  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for a few int8 rows, the
+  MMA kernel otherwise."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
   codes = _pad_to(p.codes, 0, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
+  interpret = jax.default_backend() != "gpu"
+  if isinstance(config, gemv_dp4a.GemvConfig) or (
+      config is None and quantize_x and m <= config_lib.GEMV_MAX_M):
+    if not quantize_x:
+      raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
+    c = config or config_lib.choose_gemv(m, n16, kp)
+    if n16 % c.block_n or c.block_w < 1:
+      raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
+                       f"padded to 16 ({n16}) and block_w={c.block_w} be positive.")
+    xq, row_absmax = absmax_int8_with_absmax(x)
+    y = gemv_dp4a.matmul(xq, row_absmax[:, 0], codes, col_scale, config=c, out_dtype=out_dtype,
+                         interpret=interpret, out_init=out_init)
+    return y[:, :n]
   c = config or config_lib.choose(m, n16, kp, quantize_x)
   if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
     raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
@@ -92,7 +108,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
     row_absmax = row_absmax[:, 0]
   parts = pallas_triton.matmul(x, codes, col_scale, row_absmax=row_absmax, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
-                               interpret=jax.default_backend() != "gpu", out_init=out_init)
+                               interpret=interpret, out_init=out_init)
   return _product(parts, m, n)
 
 
@@ -138,7 +154,7 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
 
 def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                    implementation: str | None = None,
-                   config: (pallas_triton.Config | int8_gemm.GemmConfig
+                   config: (pallas_triton.Config | gemv_dp4a.GemvConfig | int8_gemm.GemmConfig
                             | int8_gemm_mgpu.MgpuGemmConfig | None) = None,
                    out_init: jax.Array | None = None,
                    int8_weight: jax.Array | None = None) -> jax.Array:
@@ -155,12 +171,15 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
       takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper from 512 rows the
       Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
-      the 2-bit kernel (`pallas_triton`) streams the packed codes.
+      a 2-bit kernel streams the packed codes: for int8 activations of up to
+      `config.GEMV_MAX_M` rows the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
+      (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
-      kernel, an `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
+      MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), an `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
       `int8_gemm_mgpu.MgpuGemmConfig` for the Mosaic GPU one; None picks by shape.
-    out_init: Triton kernels only (tests): the kernel's `[split_k, M, N16]` output buffer (the int8
-      GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 = N padded to 16), so that
+    out_init: Triton kernels only (tests): the kernel's `[split_k, M, N16]` output buffer (the
+      GEMV's: `[M, N16]`; the int8 GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 =
+      N padded to 16), so that
       tiles left unwritten keep its (poison) values.
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.

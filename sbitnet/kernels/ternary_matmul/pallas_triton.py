@@ -102,7 +102,7 @@ def _divide(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
   return r
 
 
-def _row_scale(amax: jax.Array, asm: bool) -> jax.Array:
+def row_scale(amax: jax.Array, asm: bool) -> jax.Array:
   """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax) = 127 / max(amax, EPS)`, bit for
   bit."""
   one = jnp.ones_like(amax)
@@ -145,7 +145,7 @@ def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, 
   acc = a * (acc.T if swap_ab else acc) - b * jnp.sum(x_acc, axis=1)[:, None]
   y = acc.astype(jnp.float32)
   if amax_ref is not None:
-    y *= _row_scale(pltriton.load(amax_ref.at[rows], mask=row_ok, other=1.0), asm)[:, None]
+    y *= row_scale(pltriton.load(amax_ref.at[rows], mask=row_ok, other=1.0), asm)[:, None]
   y *= cs_ref[...][None, :]
   pltriton.store(o_ref.at[split, rows, pl.ds(j * bn, bn)], y.astype(o_ref.dtype),
                  mask=row_ok[:, None])

@@ -1,0 +1,138 @@
+"""Pallas (Triton backend) decode GEMV: a few int8 rows × packed 2-bit ternary weights on the CUDA
+cores (`dp4a`), no tensor cores.
+
+At M = 1-4 a tensor-core dot wastes most of its 16 rows, and the 2-bit MMA kernel
+(`pallas_triton`) measured latency-bound well below the read bandwidth. Here each program streams
+`block_n` rows of codes (format v2, read as 32-bit words: 16 weights each) in steps of `block_w`
+words, with every x row held in registers beside them. A word of tile i at word offset w (bytes
+4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the codes of K rows
+`128 i + 32 q + 4 w .. + 3`: four consecutive rows, i.e. one 32-bit word of int8 x. So
+
+  acc += dp4a(c_q, x_q)   over the planes q,   c_q = (word >> 2q) & 0x03030303,
+
+where `x_q` is x's word at `32 i + 8 q + w` (`x_planes` lays x out as `[4, M, Kp / 16]` so that
+the kernel loads it at the codes' word index), and the epilogue applies `x @ t = x @ c - sum(x)`
+(c = t + 1, exact in int32) and both scales: two shift/and pairs and one dp4a per row and plane
+per 4 weights, with no shared memory or MMA layout in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
+from sbitnet.kernels.ternary_matmul.pallas_triton import call, row_scale
+
+WORD_WEIGHTS = 16  # 2-bit codes per 32-bit word
+_PLANE_MASK = 0x03030303
+
+
+@dataclasses.dataclass(frozen=True)
+class GemvConfig:
+  """Code rows (output columns) per program, 32-bit code words per step, warps per program."""
+  block_n: int = 8
+  block_w: int = 128
+  num_warps: int = 4
+  num_stages: int = 1
+
+
+def x_planes(xq: jax.Array, kp: int) -> jax.Array:
+  """int8 `[M, K]` (K <= kp, zero-padded to kp) -> int32 `[4, M, kp / 16]`: entry `[q, r, 8 i + w]`
+  is x row r's word of K rows `128 i + 32 q + 4 w .. + 3` (little-endian bytes), the word the
+  codes' word `8 i + w` meets in plane q."""
+  m, k = xq.shape
+  xq = jnp.pad(xq, ((0, 0), (0, kp - k))).reshape(m, kp // TILE_K, 4, PLANE_ROWS // 4, 4)
+  words = jax.lax.bitcast_convert_type(xq, jnp.int32)
+  return words.transpose(2, 0, 1, 3).reshape(4, m, kp // WORD_WEIGHTS)
+
+
+def _planes(words: jax.Array, asm: bool) -> list[jax.Array]:
+  """The four code planes `(words >> 2q) & 0x03030303` of uint32 words (one byte per weight)."""
+  if not asm:
+    return [(words >> (2 * q)) & _PLANE_MASK for q in range(4)]
+  shape = jax.ShapeDtypeStruct(words.shape, jnp.uint32)
+  return [pltriton.elementwise_inline_asm(
+      (f"shr.b32 $0, $1, {2 * q}; " if q else "mov.b32 $0, $1; ") + "and.b32 $0, $0, 0x03030303;",
+      args=[words], constraints="=r,r", pack=1, result_shape_dtypes=[shape])[0]
+          for q in range(4)]
+
+
+def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: bool) -> jax.Array:
+  """`acc + sum_q sum_b byte_b(planes[q]) * sbyte_b(xs[q])`: four `dp4a.u32.s32` (codes unsigned,
+  x signed) chained through one register."""
+  if not asm:
+    for p, x in zip(planes, xs):
+      for b in range(4):
+        acc += ((p >> (8 * b)) & 0xFF).astype(jnp.int32) * ((x << (24 - 8 * b)) >> 24)
+    return acc
+  text = ("{ .reg .s32 a; dp4a.u32.s32 a, $1, $5, $9; dp4a.u32.s32 a, $2, $6, a; "
+          "dp4a.u32.s32 a, $3, $7, a; dp4a.u32.s32 $0, $4, $8, a; }")
+  [out] = pltriton.elementwise_inline_asm(
+      text, args=[*planes, *xs, acc], constraints="=r" + ",r" * 9, pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(acc.shape, jnp.int32)])
+  return out
+
+
+def _kernel(xw_ref, w_ref, xsum_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
+  """xw_ref: `x_planes` as `[4 M, words]` (plane-major). Output columns `[j * block_n, (j + 1) * block_n)` of every row; words past the end of the
+  codes load as zeros (code 0 contributes nothing to x @ c)."""
+  j = pl.program_id(0)
+  (rows, words), bn = xw_ref.shape, w_ref.shape[0]
+  m = rows // 4
+
+  def step(s, accs):
+    cols = pl.ds(s * block_w, block_w)
+    ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (block_w,), 0) < words
+    planes = _planes(pltriton.load(w_ref.at[:, cols], mask=ok[None, :], other=0), asm)
+    new = []
+    for r, acc in enumerate(accs):
+      xs = [jnp.broadcast_to(pltriton.load(xw_ref.at[pl.ds(q * m + r, 1), cols],
+                                           mask=ok[None, :], other=0), (bn, block_w))
+            for q in range(4)]
+      new.append(_dp4a(planes, xs, acc, asm))
+    return tuple(new)
+
+  accs = tuple(jnp.zeros((bn, block_w), jnp.int32) for _ in range(m))
+  accs = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, accs)
+  col_scale = cs_ref[...]
+  for r, acc in enumerate(accs):
+    one = pl.ds(r, 1)
+    dot = jnp.sum(acc, axis=1) - pltriton.load(xsum_ref.at[one])
+    y = dot.astype(jnp.float32) * row_scale(pltriton.load(amax_ref.at[one]), asm) * col_scale
+    pltriton.store(o_ref.at[pl.ds(r, 1), pl.ds(j * bn, bn)], y.astype(o_ref.dtype)[None, :])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
+def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: jax.Array, *,
+           config: GemvConfig, out_dtype, interpret: bool = False, asm: bool | None = None,
+           out_init: jax.Array | None = None) -> jax.Array:
+  """`(xq @ t) * row_scale[:, None] * col_scale[None, :]` for a few rows.
+
+  xq: int8 `[M, K]` from `absmax_int8_with_absmax` and row_absmax float32 `[M]` its `amax` (the
+  kernel computes `absmax_int8`'s scale from it bit for bit); codes: uint8 `[N, Kp / 4]` (format
+  v2), N a multiple of `block_n`; col_scale: float32 `[N]`. Returns `[M, N]` of `out_dtype`.
+  asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp).
+  `out_init`, if given, is the output buffer (aliased): tiles the kernel fails to write keep it.
+  """
+  (m, k), (n, nbytes), c = xq.shape, codes.shape, config
+  kp = nbytes * 4
+  if xq.dtype != jnp.int8 or k > kp or n % c.block_n:
+    raise ValueError(f"{c} does not tile xq {xq.dtype} {tuple(xq.shape)} x codes "
+                     f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, and block_n must "
+                     "divide N.")
+  words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.uint32)
+  xsum = jnp.sum(xq, axis=1, dtype=jnp.int32)
+  kernel = functools.partial(_kernel, block_w=c.block_w,
+                             asm=not interpret if asm is None else asm)
+  whole = pl.BlockSpec(memory_space=pl.ANY)
+  in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
+              whole, pl.BlockSpec((c.block_n,), lambda j: (j,))]
+  return call(kernel, [x_planes(xq, kp).reshape(4 * m, kp // WORD_WEIGHTS), words, xsum, row_absmax, col_scale], in_specs, whole,
+              jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // c.block_n,), config=c,
+              interpret=interpret, out_init=out_init)
