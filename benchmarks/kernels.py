@@ -330,9 +330,9 @@ def bench_sweep(shapes, m, log):
 def gemv_candidates(n):
   """dp4a GEMV tile configs to time (the dispatcher's is added by the caller)."""
   G = gemv_dp4a.GemvConfig
-  cands = [G(bn, bw) for bn in (2, 4, 8, 16) for bw in (64, 128, 256)]
-  cands += [G(8, 128, num_warps=2), G(8, 128, num_warps=8), G(16, 256, num_warps=8),
-            G(8, 128, num_stages=3)]
+  cands = [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
+  cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
+            G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
   return [c for c in cands if not n % c.block_n]
 
 
@@ -353,18 +353,22 @@ def bench_gemv(shapes, ms, log):
       for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
         def f(x, p, c=c):
           return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
-        label = (f"mma {_short(c)}" if isinstance(c, Config) else
-                 f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}")
+        label = f"mma {_short(c)}" if isinstance(c, Config) else _short(c)
         try:
           out = np.asarray(jax.jit(f)(x, ps[0]), np.float32)
           err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-          if isinstance(c, gemv_dp4a.GemvConfig) and not np.array_equal(out, ref):
-            log(f"  gemv {name} m={m} {label}: WRONG (not bit-identical), rel_err={err:.2e}")
+          if not err < 1e-3:
+            log(f"  gemv {name} m={m} {label}: WRONG rel_err={err:.2e}")
             continue
           res[label + (" (default)" if c == chosen else "")] = timed(
               f, [(x, q) for q in ps], est)
         except Exception as e:  # a failing config is reported, the rest still run
           log(f"  gemv {name} m={m} {label}: ERROR {type(e).__name__}: {str(e)[:300]}")
+      xq, amax = absmax_int8_with_absmax(x)
+      res["gemv kernel alone (default)"] = timed(
+          lambda xq, amax, p: gemv_dp4a.matmul(xq, amax[:, 0], p.codes, p.scale, config=chosen,
+                                               out_dtype=jnp.bfloat16),
+          [(xq, amax, q) for q in ps], est)
       base = res["xla_bf16"]
       nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
       for impl, sec in res.items():
@@ -380,6 +384,8 @@ def bench_gemv(shapes, ms, log):
 
 
 def _short(c):
+  if isinstance(c, gemv_dp4a.GemvConfig):
+    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
   swap = " swap" if c.swap_ab else ""
   return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 
@@ -604,7 +610,7 @@ def main():
     result["sweep"] = [r for m in ([int(v) for v in args.ms.split(",")] if args.ms else (16,))
                        for r in bench_sweep(sweep_shapes, m, log)]
   if args.part in ("gemv", "all"):
-    ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 4, 8, 16)
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 2, 4)
     result["gemv"] = bench_gemv(sweep_shapes, ms, log)
   if args.part in ("ceiling", "all"):
     result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)

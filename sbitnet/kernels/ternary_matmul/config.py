@@ -23,7 +23,7 @@ from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 DECODE_MAX_M = 64
 TWO_BIT_MAX_M = 512
 # Int8 activations of up to GEMV_MAX_M rows go to the dp4a GEMV (`gemv_dp4a`) instead.
-GEMV_MAX_M = 4
+GEMV_MAX_M = 1
 GEMV_TARGET_PROGRAMS = 2048
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
 # programs' loads in flight); split-K supplies them when N alone is too narrow.
@@ -73,13 +73,13 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
 
 def choose_gemv(m: int, n: int, kp: int) -> GemvConfig:
   """Config of the dp4a GEMV for `xq [m, kp] × codes [n, kp / 4]`; n must be a multiple of 16:
-  128-word steps, and the widest block_n up to 16 that still gives about GEMV_TARGET_PROGRAMS
+  64-word steps, and the widest block_n up to 16 that still gives about GEMV_TARGET_PROGRAMS
   programs."""
   del m, kp
   block_n = 16
   while block_n > 1 and n // block_n < GEMV_TARGET_PROGRAMS:
     block_n //= 2
-  return GemvConfig(block_n=block_n, block_w=128, num_warps=4)
+  return GemvConfig(block_n=block_n, block_w=64, num_warps=4)
 
 
 def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuGemmConfig:

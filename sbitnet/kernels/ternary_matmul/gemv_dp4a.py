@@ -53,10 +53,10 @@ def x_planes(xq: jax.Array, kp: int) -> jax.Array:
 
 
 def _planes(words: jax.Array, asm: bool) -> list[jax.Array]:
-  """The four code planes `(words >> 2q) & 0x03030303` of uint32 words (one byte per weight)."""
+  """The four code planes `(words >> 2q) & 0x03030303` of int32 words (one byte per weight)."""
   if not asm:
     return [(words >> (2 * q)) & _PLANE_MASK for q in range(4)]
-  shape = jax.ShapeDtypeStruct(words.shape, jnp.uint32)
+  shape = jax.ShapeDtypeStruct(words.shape, jnp.int32)
   return [pltriton.elementwise_inline_asm(
       (f"shr.b32 $0, $1, {2 * q}; " if q else "mov.b32 $0, $1; ") + "and.b32 $0, $0, 0x03030303;",
       args=[words], constraints="=r,r", pack=1, result_shape_dtypes=[shape])[0]
@@ -79,33 +79,34 @@ def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: boo
   return out
 
 
-def _kernel(xw_ref, w_ref, xsum_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
-  """xw_ref: `x_planes` as `[4 M, words]` (plane-major). Output columns `[j * block_n, (j + 1) * block_n)` of every row; words past the end of the
-  codes load as zeros (code 0 contributes nothing to x @ c)."""
+def _kernel(xw_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
+  """xw_ref: `x_planes` as `[4 M, words]` (plane-major). Output columns `[j * block_n, (j + 1) *
+  block_n)` of every row; words past the end of the codes load as zeros (code 0 contributes
+  nothing to x @ c). sum(x) comes from the same x words (dp4a with bytes of 1), per program."""
   j = pl.program_id(0)
   (rows, words), bn = xw_ref.shape, w_ref.shape[0]
-  m = rows // 4
+  ones = [jnp.full((1, block_w), 0x01010101, jnp.int32)] * 4
 
-  def step(s, accs):
+  def step(s, carry):
     cols = pl.ds(s * block_w, block_w)
-    ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (block_w,), 0) < words
-    planes = _planes(pltriton.load(w_ref.at[:, cols], mask=ok[None, :], other=0), asm)
+    ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < words
+    planes = _planes(pltriton.load(w_ref.at[:, cols], mask=ok, other=0), asm)
     new = []
-    for r, acc in enumerate(accs):
-      xs = [jnp.broadcast_to(pltriton.load(xw_ref.at[pl.ds(q * m + r, 1), cols],
-                                           mask=ok[None, :], other=0), (bn, block_w))
+    for r, (acc, x_acc) in enumerate(carry):
+      xs = [pltriton.load(xw_ref.at[pl.ds(q * rows // 4 + r, 1), cols], mask=ok, other=0)
             for q in range(4)]
-      new.append(_dp4a(planes, xs, acc, asm))
+      new.append((_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in xs], acc, asm),
+                  _dp4a(ones, xs, x_acc, asm)))
     return tuple(new)
 
-  accs = tuple(jnp.zeros((bn, block_w), jnp.int32) for _ in range(m))
-  accs = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, accs)
+  zeros = jnp.zeros((bn, block_w), jnp.int32), jnp.zeros((1, block_w), jnp.int32)
+  carry = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * (rows // 4))
   col_scale = cs_ref[...]
-  for r, acc in enumerate(accs):
+  for r, (acc, x_acc) in enumerate(carry):
     one = pl.ds(r, 1)
-    dot = jnp.sum(acc, axis=1) - pltriton.load(xsum_ref.at[one])
+    dot = jnp.sum(acc, axis=1) - jnp.sum(x_acc, axis=1)
     y = dot.astype(jnp.float32) * row_scale(pltriton.load(amax_ref.at[one]), asm) * col_scale
-    pltriton.store(o_ref.at[pl.ds(r, 1), pl.ds(j * bn, bn)], y.astype(o_ref.dtype)[None, :])
+    pltriton.store(o_ref.at[one, pl.ds(j * bn, bn)], y.astype(o_ref.dtype)[None, :])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
@@ -126,13 +127,12 @@ def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: ja
     raise ValueError(f"{c} does not tile xq {xq.dtype} {tuple(xq.shape)} x codes "
                      f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, and block_n must "
                      "divide N.")
-  words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.uint32)
-  xsum = jnp.sum(xq, axis=1, dtype=jnp.int32)
+  words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.int32)
   kernel = functools.partial(_kernel, block_w=c.block_w,
                              asm=not interpret if asm is None else asm)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
-              whole, pl.BlockSpec((c.block_n,), lambda j: (j,))]
-  return call(kernel, [x_planes(xq, kp).reshape(4 * m, kp // WORD_WEIGHTS), words, xsum, row_absmax, col_scale], in_specs, whole,
+              pl.BlockSpec((c.block_n,), lambda j: (j,))]
+  return call(kernel, [x_planes(xq, kp).reshape(4 * m, kp // WORD_WEIGHTS), words, row_absmax, col_scale], in_specs, whole,
               jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // c.block_n,), config=c,
               interpret=interpret, out_init=out_init)
