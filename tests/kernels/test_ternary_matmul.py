@@ -10,7 +10,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sbitnet.kernels import pack, ternary_matmul, unpack_int8
 from sbitnet.kernels.ternary_matmul import config as config_lib
-from sbitnet.kernels.ternary_matmul import int8_gemm, int8_gemm_mgpu, pallas_triton
+from sbitnet.kernels.ternary_matmul import gemv_dp4a, int8_gemm, int8_gemm_mgpu, pallas_triton
+from sbitnet.kernels.ternary_matmul.gemv_dp4a import GemvConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
@@ -139,14 +140,15 @@ def test_leading_dims_split_gammas_and_float16():
   assert rel_err(out, ref) < 2e-3
 
 
-def test_works_under_jit_and_shard_map():
+@pytest.mark.parametrize("m,quantize_x", [(4, False), (1, True)], ids=["mma-bf16", "gemv-int8"])
+def test_works_under_jit_and_shard_map(m, quantize_x):
   mesh = Mesh(np.array(jax.devices()[:8]), ("tensor",))
-  x, _, _, p = _case(7, 4, 256, 8 * 16, (6, 8))
+  x, _, _, p = _case(7, m, 256, 8 * 16, (6, 8))
   spec = dataclasses.replace(p, codes=P("tensor", None), scale=P("tensor"))
-  f = jax.jit(jax.shard_map(lambda x, p: ternary_matmul(x, p, implementation="pallas"),
-                            mesh=mesh, in_specs=(P(), spec), out_specs=P(None, "tensor"),
-                            check_vma=False))
-  ref = ternary_matmul(x, p, implementation="xla")
+  f = jax.jit(jax.shard_map(
+      lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x, implementation="pallas"),
+      mesh=mesh, in_specs=(P(), spec), out_specs=P(None, "tensor"), check_vma=False))
+  ref = ternary_matmul(x, p, quantize_x=quantize_x, implementation="xla")
   np.testing.assert_allclose(np.asarray(f(x, p), np.float32), np.asarray(ref, np.float32),
                              rtol=1e-2, atol=1e-2)
 
@@ -182,6 +184,73 @@ def test_kept_int8_weight_is_used_and_gives_the_same_product():
       ternary_matmul(x, p, quantize_x=True, implementation="xla", int8_weight=kept), y)
   np.testing.assert_array_equal(
       ternary_matmul(x, p, quantize_x=True, implementation="xla", int8_weight=-kept), -y)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("config", [None, GemvConfig(block_n=16, block_w=16),
+                                    GemvConfig(block_n=1, block_w=128),
+                                    GemvConfig(block_n=32, block_w=64, num_warps=8)], ids=str)
+def test_gemv_writes_every_column_and_equals_xla(config, m):
+  """The dp4a GEMV (interpret mode: the same byte products in jnp): K = 712 is off the 128-row
+  tiles and off every block_w of words (masked tail), N = 96 padded to 96 (16) by the wrapper;
+  exact int32 sums and XLA's scale order, so bit-identical; the output buffer is poisoned."""
+  k, n = 712, 96
+  x, _, _, p = _case(17 + m, m, k, n, (2, 8))
+  ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
+  c = config or config_lib.choose_gemv(m, n, 768)
+  if n % c.block_n:
+    with pytest.raises(ValueError, match=f"block_n={c.block_n} must divide N"):
+      ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
+    return
+  poison = jnp.full((m, n), jnp.nan, x.dtype)
+  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c,
+                       out_init=poison)
+  assert out.shape == (m, n) and out.dtype == x.dtype
+  np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
+  if m <= config_lib.GEMV_MAX_M and config is None:  # the dispatcher's own choice
+    np.testing.assert_array_equal(
+        np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                                  out_init=poison), np.float32), ref)
+
+
+def test_gemv_dp4a_model_is_the_byte_dot_product():
+  """The jnp model of `dp4a.u32.s32` (what interpret mode runs) on random words: unsigned code
+  bytes times signed x bytes, summed into the accumulator."""
+  rng = np.random.default_rng(0)
+  words = rng.integers(-2**31, 2**31, (4, 64), dtype=np.int64).astype(np.int32)
+  xs = rng.integers(-2**31, 2**31, (4, 64), dtype=np.int64).astype(np.int32)
+  planes = gemv_dp4a._planes(jnp.asarray(words[0]), asm=False)
+  got = gemv_dp4a._dp4a(planes, list(jnp.asarray(xs)), jnp.full((64,), 7, jnp.int32), asm=False)
+  u8 = words[0].view(np.uint8).reshape(64, 4).astype(np.int64)
+  want = np.full(64, 7, np.int64)
+  for q in range(4):
+    want += (((u8 >> (2 * q)) & 3) * xs[q].view(np.int8).reshape(64, 4)).sum(1)
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
+  """The inline-PTX variant (interpret mode runs jnp instead) lowered to Triton IR on the CPU."""
+  args = [jax.ShapeDtypeStruct((3, 712), jnp.int8), jax.ShapeDtypeStruct((3,), jnp.float32),
+          jax.ShapeDtypeStruct((96, 192), jnp.uint8), jax.ShapeDtypeStruct((96,), jnp.float32)]
+  matmul = functools.partial(gemv_dp4a.matmul, config=GemvConfig(block_n=8, block_w=64),
+                             out_dtype=jnp.bfloat16, asm=True)
+  text = jax.jit(matmul).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  assert "xla.gpu.triton" in text and "dp4a.u32.s32" in text
+  x, _, _, p = _case(20, 1, 128, 48, (2, 4))
+  with pytest.raises(ValueError, match="dp4a GEMV config: it needs quantize_x=True"):
+    ternary_matmul(x, p, implementation="pallas", config=GemvConfig())
+  with pytest.raises(ValueError, match="xq must be int8"):
+    gemv_dp4a.matmul(jnp.zeros((1, 128), jnp.float32), jnp.ones(1), p.codes, p.scale,
+                     config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16, interpret=True)
+
+
+@pytest.mark.parametrize("k,n", [(896, 128), (896, 896), (2048, 2048), (2048, 11008),
+                                 (11008, 2048), (8192, 28672), (200, 48)])
+def test_gemv_configs_tile_the_model_shapes(k, n):
+  n16 = -(-n // 16) * 16
+  c = config_lib.choose_gemv(1, n16, -(-k // 128) * 128)
+  assert n16 % c.block_n == 0 and c.block_n * c.block_w >= 32 * c.num_warps
+  assert n16 // c.block_n >= config_lib.GEMV_MIN_PROGRAMS or c.block_n == 1
 
 
 @pytest.mark.parametrize("config", [GemmConfig(block_m=16, block_n=32, block_k=64, split_k=3),

@@ -24,7 +24,7 @@ DECODE_MAX_M = 64
 TWO_BIT_MAX_M = 512
 # Int8 activations of up to GEMV_MAX_M rows go to the dp4a GEMV (`gemv_dp4a`) instead.
 GEMV_MAX_M = 1
-GEMV_TARGET_PROGRAMS = 2048
+GEMV_MIN_PROGRAMS = 600
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
 # programs' loads in flight); split-K supplies them when N alone is too narrow.
 TARGET_PROGRAMS = 896
@@ -72,14 +72,16 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
 
 
 def choose_gemv(m: int, n: int, kp: int) -> GemvConfig:
-  """Config of the dp4a GEMV for `xq [m, kp] × codes [n, kp / 4]`; n must be a multiple of 16:
-  64-word steps, and the widest block_n up to 16 that still gives about GEMV_TARGET_PROGRAMS
-  programs."""
+  """Config of the dp4a GEMV for `xq [m, kp] × codes [n, kp / 4]`; n must be a multiple of 16.
+  H200 sweep at M = 1-2 (docs/kernels.md): the most code rows per program (up to 32) that still
+  leave GEMV_MIN_PROGRAMS programs (8192→28672: 32 rows, 896 programs; 2048→11008: 16, 688; on
+  N = 2048 one or two rows), 64-word steps, and at least 128 words per step (one per thread of
+  the 4 warps)."""
   del m, kp
-  block_n = 16
-  while block_n > 1 and n // block_n < GEMV_TARGET_PROGRAMS:
+  block_n = 32
+  while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2
-  return GemvConfig(block_n=block_n, block_w=64, num_warps=4)
+  return GemvConfig(block_n=block_n, block_w=max(64, 128 // block_n), num_warps=4)
 
 
 def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuGemmConfig:
