@@ -5,8 +5,8 @@
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at a few
-rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams the packed
-bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
+rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams
+the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
 
@@ -171,9 +171,10 @@ def check_correctness(log):
 
 def _poison_for(m, k, n, quantize_x):
   """(config, a NaN output buffer or None) for the Pallas kernel `ternary_matmul` dispatches to:
-  the dp4a GEMV (int8, a few rows) writes `[M, N16]`, the 2-bit MMA kernel `[split_k, M, N16]`, the Triton int8 GEMM (int8 above TWO_BIT_MAX_M; no
-  int8 weight is kept here) `[split_k, Mp, N16]`; the Mosaic GPU int8 GEMM allocates its own
-  output (None: the comparison with XLA is the check)."""
+  the dp4a GEMV (int8, a few rows) writes `[M, N16]`, the 2-bit MMA kernel `[split_k, M, N16]`,
+  the Triton int8 GEMM (int8 above TWO_BIT_MAX_M; no int8 weight is kept here) `[split_k, Mp,
+  N16]`; the Mosaic GPU int8 GEMM allocates its own output (None: the comparison with XLA is the
+  check)."""
   n16 = -(-n // 16) * 16
   if quantize_x and m <= config_lib.GEMV_MAX_M:
     return (config_lib.choose_gemv(m, n16, padded_rows(k)),

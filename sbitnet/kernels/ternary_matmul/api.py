@@ -90,9 +90,6 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
     c = config or config_lib.choose_gemv(m, n16, kp)
-    if n16 % c.block_n or c.block_w < 1:
-      raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
-                       f"padded to 16 ({n16}) and block_w={c.block_w} be positive.")
     xq, row_absmax = absmax_int8_with_absmax(x)
     y = gemv_dp4a.matmul(xq, row_absmax[:, 0], codes, col_scale, config=c, out_dtype=out_dtype,
                          interpret=interpret, out_init=out_init)
@@ -175,12 +172,12 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       `config.GEMV_MAX_M` rows the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
       (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
-      MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), an `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
+      MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), an
+      `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
       `int8_gemm_mgpu.MgpuGemmConfig` for the Mosaic GPU one; None picks by shape.
     out_init: Triton kernels only (tests): the kernel's `[split_k, M, N16]` output buffer (the
       GEMV's: `[M, N16]`; the int8 GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 =
-      N padded to 16), so that
-      tiles left unwritten keep its (poison) values.
+      N padded to 16), so that tiles left unwritten keep its (poison) values.
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
 

@@ -5,7 +5,8 @@ alone: at M <= 16 block_n = 128 with ~900 programs (split-K, >= 4 K tiles per sp
 N >= WIDE_N: block_n = 256) was the best or within 5 % of it on 8192→28672 and 2048→22016 (bf16
 with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128
 block_m = 64 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on
-N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). Above `two_bit_max_m` int8
+N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). One int8 row goes to
+the dp4a GEMV instead (`choose_gemv`; 1.1-1.4x the MMA kernel there). Above `two_bit_max_m` int8
 activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below (on Hopper the
 Mosaic GPU kernel, elsewhere the Triton-backend one).
 """
@@ -22,7 +23,8 @@ from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 # copy is not kept also up to TWO_BIT_MAX_M, where the alternative unpacks the codes every call.
 DECODE_MAX_M = 64
 TWO_BIT_MAX_M = 512
-# Int8 activations of up to GEMV_MAX_M rows go to the dp4a GEMV (`gemv_dp4a`) instead.
+# Int8 activations of up to GEMV_MAX_M rows go to the dp4a GEMV (`gemv_dp4a`) instead: at 2 rows
+# it won only on the wide layers, at 4 on none (H200 sweep, docs/kernels.md).
 GEMV_MAX_M = 1
 GEMV_MIN_PROGRAMS = 600
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several

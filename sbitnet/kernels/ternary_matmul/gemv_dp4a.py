@@ -123,16 +123,19 @@ def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: ja
   """
   (m, k), (n, nbytes), c = xq.shape, codes.shape, config
   kp = nbytes * 4
-  if xq.dtype != jnp.int8 or k > kp or n % c.block_n:
+  powers_of_two = all(b > 0 and not b & (b - 1) for b in (c.block_n, c.block_w))
+  if xq.dtype != jnp.int8 or k > kp or n % c.block_n or not powers_of_two:
     raise ValueError(f"{c} does not tile xq {xq.dtype} {tuple(xq.shape)} x codes "
-                     f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, and block_n must "
-                     "divide N.")
+                     f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, block_n="
+                     f"{c.block_n} must divide N={n} (N padded to 16 by ternary_matmul), and "
+                     f"block_n and block_w={c.block_w} be powers of two.")
   words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.int32)
   kernel = functools.partial(_kernel, block_w=c.block_w,
                              asm=not interpret if asm is None else asm)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
               pl.BlockSpec((c.block_n,), lambda j: (j,))]
-  return call(kernel, [x_planes(xq, kp).reshape(4 * m, kp // WORD_WEIGHTS), words, row_absmax, col_scale], in_specs, whole,
+  xw = x_planes(xq, kp).reshape(4 * m, kp // WORD_WEIGHTS)
+  return call(kernel, [xw, words, row_absmax, col_scale], in_specs, whole,
               jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // c.block_n,), config=c,
               interpret=interpret, out_init=out_init)
