@@ -334,6 +334,7 @@ def gemv_candidates(n):
   cands = [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
   cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
             G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
+  cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
   return [c for c in cands if not n % c.block_n]
 
 
