@@ -177,7 +177,7 @@ def _poison_for(m, k, n, quantize_x):
   check)."""
   n16 = -(-n // 16) * 16
   if quantize_x and m <= config_lib.GEMV_MAX_M:
-    return (config_lib.choose_gemv(m, n16, padded_rows(k)),
+    return (config_lib.choose_gemv(n16),
             jnp.full((m, n16), jnp.nan, jnp.bfloat16))
   if quantize_x and m > config_lib.two_bit_max_m(True, int8_weight_kept=False):
     cfg = config_lib.choose_int8_gemm(m, n16, k, on_hopper())
@@ -350,7 +350,7 @@ def bench_gemv(shapes, ms, log):
                        np.float32)
       est = k * n / 4 / 2e12
       res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
-      chosen = config_lib.choose_gemv(m, n, padded_rows(k))
+      chosen = config_lib.choose_gemv(n)
       mma = config_lib.choose(m, n, padded_rows(k), int8=True)
       for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
         def f(x, p, c=c):

@@ -197,7 +197,7 @@ def test_gemv_writes_every_column_and_equals_xla(config, m):
   k, n = 712, 96
   x, _, _, p = _case(17 + m, m, k, n, (2, 8))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
-  c = config or config_lib.choose_gemv(m, n, 768)
+  c = config or config_lib.choose_gemv(n)
   if n % c.block_n:
     with pytest.raises(ValueError, match=f"block_n={c.block_n} must divide N"):
       ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
@@ -251,7 +251,7 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
                                  (11008, 2048), (8192, 28672), (200, 48)])
 def test_gemv_configs_tile_the_model_shapes(k, n):
   n16 = -(-n // 16) * 16
-  c = config_lib.choose_gemv(1, n16, -(-k // 128) * 128)
+  c = config_lib.choose_gemv(n16)
   assert n16 % c.block_n == 0 and c.block_n * c.block_w >= 32 * c.num_warps
   assert n16 // c.block_n >= config_lib.GEMV_MIN_PROGRAMS or c.block_n == 1
 

@@ -77,8 +77,8 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
             out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
-  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for a few int8 rows, the
-  MMA kernel otherwise."""
+  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of up
+  to `config.GEMV_MAX_M` rows, the MMA kernel otherwise."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
@@ -89,7 +89,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
       config is None and quantize_x and m <= config_lib.GEMV_MAX_M):
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
-    c = config or config_lib.choose_gemv(m, n16, kp)
+    c = config or config_lib.choose_gemv(n16)
     xq, row_absmax = absmax_int8_with_absmax(x)
     y = gemv_dp4a.matmul(xq, row_absmax[:, 0], codes, col_scale, config=c, out_dtype=out_dtype,
                          interpret=interpret, out_init=out_init)

@@ -73,13 +73,12 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
                 num_stages=3, swap_ab=True)
 
 
-def choose_gemv(m: int, n: int, kp: int) -> GemvConfig:
-  """Config of the dp4a GEMV for `xq [m, kp] × codes [n, kp / 4]`; n must be a multiple of 16.
+def choose_gemv(n: int) -> GemvConfig:
+  """Config of the dp4a GEMV for codes `[n, Kp / 4]`; n must be a multiple of 16.
   H200 sweep at M = 1-2 (docs/kernels.md): the most code rows per program (up to 32) that still
   leave GEMV_MIN_PROGRAMS programs (8192→28672: 32 rows, 896 programs; 2048→11008: 16, 688; on
   N = 2048 one or two rows), 64-word steps, and at least 128 words per step (one per thread of
   the 4 warps)."""
-  del m, kp
   block_n = 32
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2
