@@ -328,6 +328,21 @@ def bench_sweep(shapes, m, log):
   return rows
 
 
+def checked_timing(f, first_args, ref, sets, est, label, log):
+  """Seconds per call of f, timed only after f(*first_args) matched `ref` (relative error
+  < 1e-3); None (logged) if it did not or if f failed, so that the other configs still run."""
+  try:
+    out = np.asarray(jax.jit(f)(*first_args), np.float64)
+    err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    if not err < 1e-3:
+      log(f"  {label}: WRONG rel_err={err:.2e}")
+      return None
+    return timed(f, sets, est)
+  except Exception as e:  # noqa: BLE001  (a failing config is reported, the rest still run)
+    log(f"  {label}: ERROR {type(e).__name__}: {str(e)[:300]}")
+    return None
+
+
 def gemv_candidates(n):
   """dp4a GEMV tile configs to time (the dispatcher's is added by the caller)."""
   G = gemv_dp4a.GemvConfig
@@ -356,20 +371,15 @@ def bench_gemv(shapes, ms, log):
         def f(x, p, c=c):
           return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
         label = f"mma {_short(c)}" if isinstance(c, Config) else _short(c)
-        try:
-          out = np.asarray(jax.jit(f)(x, ps[0]), np.float32)
-          err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-          if not err < 1e-3:
-            log(f"  gemv {name} m={m} {label}: WRONG rel_err={err:.2e}")
-            continue
-          res[label + (" (default)" if c == chosen else "")] = timed(
-              f, [(x, q) for q in ps], est)
-        except Exception as e:  # a failing config is reported, the rest still run
-          log(f"  gemv {name} m={m} {label}: ERROR {type(e).__name__}: {str(e)[:300]}")
+        sec = checked_timing(f, (x, ps[0]), ref, [(x, q) for q in ps], est,
+                             f"gemv {name} m={m} {label}", log)
+        if sec is not None:
+          res[label + (" (default)" if c == chosen else "")] = sec
       xq, amax = absmax_int8_with_absmax(x)
       res["gemv kernel alone (default)"] = timed(
           lambda xq, amax, p: gemv_dp4a.matmul(xq, amax[:, 0], p.codes, p.scale, config=chosen,
-                                               out_dtype=jnp.bfloat16),
+                                               out_dtype=jnp.bfloat16,
+                                               interpret=jax.default_backend() != "gpu"),
           [(xq, amax, q) for q in ps], est)
       base = res["xla_bf16"]
       nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
@@ -539,15 +549,9 @@ def bench_int8_gemm(shapes, ms, log):
       cands = [chosen] + [c for c in int8_gemm_candidates(m, k, n) if c != chosen]
       for c in cands:
         f = functools.partial(op, implementation="pallas", config=c)
-        try:
-          out = np.asarray(jax.jit(f)(x, ts[0]), np.float64)
-          err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-          if not err < 1e-3:
-            log(f"  int8gemm {name} m={m} {c}: WRONG rel_err={err:.2e}")
-            continue
-          sec = timed(f, [(x, t) for t in ts], est)
-        except Exception as e:  # a failing config is reported, the rest still run
-          log(f"  int8gemm {name} m={m} {c}: ERROR {type(e).__name__}: {str(e)[:300]}")
+        sec = checked_timing(f, (x, ts[0]), ref, [(x, t) for t in ts], est,
+                             f"int8gemm {name} m={m} {c}", log)
+        if sec is None:
           continue
         res[f"pallas {_short_gemm(c)}" + (" (default)" if c == chosen else "")] = sec
       base = res["xla_bf16"]
