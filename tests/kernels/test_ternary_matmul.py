@@ -197,7 +197,7 @@ def test_gemv_writes_every_column_and_equals_xla(config, m):
   k, n = 712, 96
   x, _, _, p = _case(17 + m, m, k, n, (2, 8))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
-  c = config or config_lib.choose_gemv(n)
+  c = config or config_lib.choose_gemv(m, n)
   if n % c.block_n:
     with pytest.raises(ValueError, match=f"block_n={c.block_n} must divide N"):
       ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
@@ -207,7 +207,7 @@ def test_gemv_writes_every_column_and_equals_xla(config, m):
                        out_init=poison)
   assert out.shape == (m, n) and out.dtype == x.dtype
   np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
-  if m <= config_lib.GEMV_MAX_M and config is None:  # the dispatcher's own choice
+  if config is None and config_lib.gemv_wins(m, n):  # the dispatcher's own choice
     np.testing.assert_array_equal(
         np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                                   out_init=poison), np.float32), ref)
@@ -251,9 +251,20 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
                                  (11008, 2048), (8192, 28672), (200, 48)])
 def test_gemv_configs_tile_the_model_shapes(k, n):
   n16 = -(-n // 16) * 16
-  c = config_lib.choose_gemv(n16)
-  assert n16 % c.block_n == 0 and c.block_n * c.block_w >= 32 * c.num_warps
-  assert n16 // c.block_n >= config_lib.GEMV_MIN_PROGRAMS or c.block_n == 1
+  for m in (1, 2):
+    c = config_lib.choose_gemv(m, n16)
+    assert n16 % c.block_n == 0 and c.block_n * c.block_w >= 32 * c.num_warps
+    assert n16 // c.block_n >= config_lib.GEMV_MIN_PROGRAMS or c.block_n == 1
+    assert c.block_n * m <= config_lib.GEMV_MAX_ROWS
+
+
+def test_dispatcher_takes_the_gemv_where_it_measured_faster():
+  """One int8 row always; two on wide layers (8192x28672: 16 rows per program, as measured); the
+  MMA kernel from 3 rows."""
+  assert config_lib.gemv_wins(1, 2048) and config_lib.gemv_wins(2, 11008)
+  assert not config_lib.gemv_wins(2, 2048) and not config_lib.gemv_wins(3, 28672)
+  assert config_lib.choose_gemv(1, 28672).block_n == 32
+  assert config_lib.choose_gemv(2, 28672).block_n == 16
 
 
 @pytest.mark.parametrize("config", [GemmConfig(block_m=16, block_n=32, block_k=64, split_k=3),

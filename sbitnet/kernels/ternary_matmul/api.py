@@ -77,8 +77,8 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
             out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
-  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of up
-  to `config.GEMV_MAX_M` rows, the MMA kernel otherwise."""
+  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of
+  one or two rows (`config.gemv_wins`), the MMA kernel otherwise."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
@@ -86,10 +86,10 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   col_scale = _pad_to(p.scale, 0, n16)
   interpret = jax.default_backend() != "gpu"
   if isinstance(config, gemv_dp4a.GemvConfig) or (
-      config is None and quantize_x and m <= config_lib.GEMV_MAX_M):
+      config is None and quantize_x and config_lib.gemv_wins(m, n16)):
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
-    c = config or config_lib.choose_gemv(n16)
+    c = config or config_lib.choose_gemv(m, n16)
     xq, row_absmax = absmax_int8_with_absmax(x)
     y = gemv_dp4a.matmul(xq, row_absmax[:, 0], codes, col_scale, config=c, out_dtype=out_dtype,
                          interpret=interpret, out_init=out_init)
@@ -168,8 +168,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
       takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper from 512 rows the
       Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
-      a 2-bit kernel streams the packed codes: for int8 activations of up to
-      `config.GEMV_MAX_M` rows the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
+      a 2-bit kernel streams the packed codes: for int8 activations of one row (two on wide
+      layers: `config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
       (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
       MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), an

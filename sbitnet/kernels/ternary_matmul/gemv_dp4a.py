@@ -3,7 +3,8 @@ cores (`dp4a`), no tensor cores.
 
 At one row a tensor-core dot wastes 15 of its 16 rows, and the 2-bit MMA kernel (`pallas_triton`)
 measured latency-bound well below the read bandwidth; this kernel is 1.1-1.4x faster there (H200,
-docs/kernels.md), the MMA kernel from 2-4 rows on (each row adds 4 dp4a per word here). Here each program streams
+docs/kernels.md), the MMA kernel from 2-4 rows on (each row adds 4 dp4a per word here;
+`config.gemv_wins`). Here each program streams
 `block_n` rows of codes (format v2, read as 32-bit words: 16 weights each) in steps of `block_w`
 words, with every x row held in registers beside them. A word of tile i at word offset w (bytes
 4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the codes of K rows
