@@ -3,19 +3,20 @@ cores (`dp4a`), no tensor cores.
 
 At one row a tensor-core dot wastes 15 of its 16 rows, and the 2-bit MMA kernel (`pallas_triton`)
 measured latency-bound well below the read bandwidth; this kernel is 1.1-1.4x faster there (H200,
-docs/kernels.md), the MMA kernel from 2-4 rows on (each row adds 4 dp4a per word here;
-`config.gemv_wins`). Here each program streams
-`block_n` rows of codes (format v2, read as 32-bit words: 16 weights each) in steps of `block_w`
-words, with every x row held in registers beside them. A word of tile i at word offset w (bytes
-4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the codes of K rows
+docs/kernels.md). Each extra row adds 4 dp4a per word, so the MMA kernel wins from 2-4 rows on
+(`config.gemv_wins`).
+
+Each program streams `block_n` rows of codes (format v2, read as 32-bit words: 16 weights each) in
+steps of `block_w` words, with every x row held in registers beside them. A word of tile i at word
+offset w (bytes 4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the codes of K rows
 `128 i + 32 q + 4 w .. + 3`: four consecutive rows, i.e. one 32-bit word of int8 x. So
 
   acc += dp4a(c_q, x_q)   over the planes q,   c_q = (word >> 2q) & 0x03030303,
 
 where `x_q` is x's word at `32 i + 8 q + w` (`x_planes` lays x out as `[4, M, Kp / 16]` so that
 the kernel loads it at the codes' word index), and the epilogue applies `x @ t = x @ c - sum(x)`
-(c = t + 1, exact in int32) and both scales: two shift/and pairs and one dp4a per row and plane
-per 4 weights, with no shared memory or MMA layout in between.
+(c = t + 1, exact in int32) and both scales. Per 16 weights: 7 shift/and instructions, then 4
+dp4a per row; no shared memory or MMA layout in between.
 """
 
 from __future__ import annotations
