@@ -121,7 +121,8 @@ def check_correctness(log):
   ok = True
   # The last case has all-positive x of width 8192, the worst case for the float path's
   # cancellation (x @ t = 4 x @ (1 + c/4) - 5 sum(x)).
-  cases = [(1, 896, 128, (6, 8)), (5, 896, 4864, (2, 4)), (16, 4864, 896, (2, 8)),
+  cases = [(1, 896, 128, (6, 8)), (2, 2048, 11008, (6, 8)), (5, 896, 4864, (2, 4)),
+           (16, 4864, 896, (2, 8)),
            (64, 1536, 8960, (None, None)), (70, 2048, 256, (4, 8)), (300, 2048, 1000, (6, 8)),
            (2048, 1024, 1024, (6, 8)), (16, 8192, 1024, (6, 8))]
   for i, (m, k, n, pattern) in enumerate(cases):
