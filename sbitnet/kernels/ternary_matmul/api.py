@@ -31,6 +31,11 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) ->
                      f"([in, out]); x's last axis must be {p.in_features}.")
 
 
+def off_gpu() -> bool:
+  """Whether the default backend is not a GPU: the dispatcher picks XLA, Pallas runs interpreted."""
+  return jax.default_backend() != "gpu"
+
+
 def on_hopper() -> bool:
   """Whether the default device is a Hopper GPU (sm_90: wgmma, the Mosaic GPU kernel's target)."""
   device = jax.devices()[0]
@@ -42,7 +47,7 @@ def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: b
   """The measured faster implementation on GPU (docs/kernels.md): the 2-bit kernel up to
   `two_bit_max_m`; above, the Pallas int8 GEMM where it beat XLA's, XLA otherwise (bf16
   activations included)."""
-  if jax.default_backend() != "gpu":
+  if off_gpu():
     return "xla"
   if not quantize_x and x_dtype not in PALLAS_FLOAT_DTYPES:
     return "xla"
@@ -84,28 +89,28 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   n16 = _round_up(n, 16)
   codes = _pad_to(p.codes, 0, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
-  interpret = jax.default_backend() != "gpu"
-  if isinstance(config, gemv_dp4a.GemvConfig) or (
-      config is None and quantize_x and config_lib.gemv_wins(m, n16)):
+  gemv = isinstance(config, gemv_dp4a.GemvConfig) or (
+      config is None and quantize_x and config_lib.gemv_wins(m, n16))
+  if gemv:
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
     c = config or config_lib.choose_gemv(m, n16)
-    xq, row_absmax = absmax_int8_with_absmax(x)
-    y = gemv_dp4a.matmul(xq, row_absmax[:, 0], codes, col_scale, config=c, out_dtype=out_dtype,
-                         interpret=interpret, out_init=out_init)
-    return y[:, :n]
-  c = config or config_lib.choose(m, n16, kp, quantize_x)
-  if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
-    raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N padded "
-                     f"to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
-                     f"split_k={c.split_k} positive.")
+  else:
+    c = config or config_lib.choose(m, n16, kp, quantize_x)
+    if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
+      raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
+                       f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
+                       f"split_k={c.split_k} positive.")
   row_absmax = None
   if quantize_x:
     x, row_absmax = absmax_int8_with_absmax(x)
     row_absmax = row_absmax[:, 0]
+  if gemv:
+    return gemv_dp4a.matmul(x, row_absmax, codes, col_scale, config=c, out_dtype=out_dtype,
+                            interpret=off_gpu(), out_init=out_init)[:, :n]
   parts = pallas_triton.matmul(x, codes, col_scale, row_absmax=row_absmax, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
-                               interpret=interpret, out_init=out_init)
+                               interpret=off_gpu(), out_init=out_init)
   return _product(parts, m, n)
 
 
@@ -116,13 +121,13 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
   (m, k), n = xq.shape, t.shape[0]
   n16 = _round_up(n, 16)
   c = config or config_lib.choose_int8_gemm(m, n16, k, on_hopper())
-  off_gpu = jax.default_backend() != "gpu"
+  interpret = off_gpu()
   mosaic = isinstance(c, int8_gemm_mgpu.MgpuGemmConfig)
   if mosaic:
     if out_init is not None:
       raise ValueError("out_init does not apply to the Mosaic GPU int8 GEMM (its interpret mode "
                        "already fills the output with NaN before the kernel runs).")
-    if not off_gpu and not on_hopper():
+    if not interpret and not on_hopper():
       device = jax.devices()[0]
       raise ValueError(f"{c} selects the Mosaic GPU int8 GEMM, which needs a Hopper GPU (compute "
                        f"capability 9.x, wgmma); this device is {device.device_kind} "
@@ -140,11 +145,11 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
   row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, np_)
   if mosaic:
     y = int8_gemm_mgpu.matmul(xq, t, row_scale, col_scale, config=c, out_dtype=out_dtype,
-                              num_sms=4 if off_gpu else jax.devices()[0].core_count,
-                              interpret=off_gpu)
+                              num_sms=4 if interpret else jax.devices()[0].core_count,
+                              interpret=interpret)
     return y[:m, :n]
   parts = int8_gemm.matmul(xq, t, row_scale, col_scale, config=c,
-                           out_dtype=_part_dtype(c, out_dtype), interpret=off_gpu,
+                           out_dtype=_part_dtype(c, out_dtype), interpret=interpret,
                            out_init=out_init)
   return _product(parts, m, n)
 

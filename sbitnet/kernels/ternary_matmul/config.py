@@ -7,9 +7,8 @@ with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M
 block_m = 64 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on
 N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). One int8 row goes to
 the dp4a GEMV instead, two rows on wide layers (`gemv_wins`, `choose_gemv`; 1.1-1.4x the MMA
-kernel at one row). Above `two_bit_max_m` int8
-activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins` below (on Hopper the
-Mosaic GPU kernel, elsewhere the Triton-backend one).
+kernel at one row). Above `two_bit_max_m` int8 activations go to an int8 GEMM: `choose_int8_gemm`
+and `int8_gemm_wins` below (on Hopper the Mosaic GPU kernel, elsewhere the Triton-backend one).
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ INT8_GEMM_MAX_WEIGHT = 1 << 26
 # kernel from 1024 rows, the Mosaic GPU one (Hopper) from 512.
 INT8_GEMM_MIN_M = 1024
 MOSAIC_INT8_GEMM_MIN_M = 512
-# With fewer 128×256 CTA tiles (the wide config's) than this (~3/4 of an H100/H200's 132 SMs) the Mosaic GEMM
-# takes 128×128 CTA tiles instead.
+# With fewer 128×256 CTA tiles (the wide config's) than this (~3/4 of an H100/H200's 132 SMs) the
+# Mosaic GEMM takes 128×128 CTA tiles instead.
 MOSAIC_MIN_WIDE_TILES = 96
 
 
