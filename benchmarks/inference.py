@@ -150,8 +150,6 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/sbitnet_inference"))
-  parser.add_argument("--decode_attention", default=None, choices=("xla", "cudnn"),
-                      help="attention of decode steps (default: the model's)")
   parser.add_argument("--profile", action="store_true",
                       help="also trace one decode call per case: device time by kernel and op")
   args = parser.parse_args()
@@ -161,11 +159,6 @@ def main() -> None:
             "date": datetime.date.today().isoformat(), "jax": jax.__version__,
             "preset": args.preset, "context": args.context, "steps": args.steps}
   models, _ = build_models(args.preset)
-  if args.decode_attention:
-    for model in models.values():
-      for block in model.blocks:
-        block.attn.decode_implementation = args.decode_attention
-    header["decode_attention"] = args.decode_attention
   header["state_bytes"] = {name: state_bytes(m) for name, m in models.items()}
   print(json.dumps(header), flush=True)
   with open(log, "w") as f:

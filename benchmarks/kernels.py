@@ -19,7 +19,6 @@ are random and never zero. Prints a short table; writes JSON and markdown under 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import functools
 import json
@@ -152,9 +151,7 @@ def check_correctness(log):
   for cfg, rows in ((Config(block_n=128, split_k=1), 100),
                     (Config(block_m=64, block_n=128, swap_ab=True), 100),
                     (gemv(block_n=8, block_w=128), 1), (gemv(block_n=4, block_w=64), 3),
-                    (gemv(block_n=16, block_w=256, num_warps=8), 4),
-                    (gemv(block_n=8, block_w=64, quantize="xla"), 1),
-                    (gemv(block_n=8, block_w=64, quantize="absmax_xla"), 2)):
+                    (gemv(block_n=16, block_w=256, num_warps=8), 4)):
     out = np.asarray(ternary_matmul(x[:rows], p, quantize_x=True, implementation="pallas",
                                     config=cfg), np.float32)
     diff = int(np.sum(out != ref[:rows]))
@@ -349,23 +346,19 @@ def checked_timing(f, first_args, ref, sets, est, label, log):
     return None
 
 
-def gemv_candidates(m, n):
-  """dp4a GEMV configs to time: the dispatcher's tiles with x quantized in each place
-  (`gemv_dp4a.QUANTIZE_MODES`), and in the kernel with fewer, larger programs (fewer passes over
-  x for the absmax) and other step sizes."""
-  chosen = config_lib.choose_gemv(m, n)
-  cands = [dataclasses.replace(chosen, quantize=q) for q in gemv_dp4a.QUANTIZE_MODES]
-  for scale in (2, 4, 8):
-    cands.append(dataclasses.replace(chosen, block_n=chosen.block_n * scale))
-  for block_w in (32, 128, 256):
-    cands.append(dataclasses.replace(chosen, block_w=block_w))
-  cands += [dataclasses.replace(chosen, num_warps=8), dataclasses.replace(chosen, num_warps=2)]
-  return [c for c in dict.fromkeys(cands) if not n % c.block_n and c.block_n * m <= 64]
+def gemv_candidates(n):
+  """dp4a GEMV tile configs to time (the dispatcher's is added by the caller)."""
+  G = gemv_dp4a.GemvConfig
+  cands = [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
+  cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
+            G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
+  cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
+  return [c for c in cands if not n % c.block_n]
 
 
 def bench_gemv(shapes, ms, log):
-  """Whole op with int8 activations at a few rows: the dp4a GEMV over configs and the 2-bit MMA
-  kernel at its config, each checked against XLA (bit-identical) first; XLA bf16 beside."""
+  """Whole op with int8 activations at a few rows: the dp4a GEMV over tile configs and the 2-bit
+  MMA kernel at its config, each checked against XLA (bit-identical) first; XLA bf16 beside."""
   rows = []
   for name in shapes:
     for m in ms:
@@ -377,7 +370,7 @@ def bench_gemv(shapes, ms, log):
       res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
       chosen = config_lib.choose_gemv(m, n)
       mma = config_lib.choose(m, n, padded_rows(k), int8=True)
-      for c in [mma, *gemv_candidates(m, n)]:
+      for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
         def f(x, p, c=c):
           return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
         label = f"mma {_short(c)}" if isinstance(c, Config) else _short(c)
@@ -385,6 +378,12 @@ def bench_gemv(shapes, ms, log):
                              f"gemv {name} m={m} {label}", log)
         if sec is not None:
           res[label + (" (default)" if c == chosen else "")] = sec
+      xq, amax = absmax_int8_with_absmax(x)
+      res["gemv kernel alone (default)"] = timed(
+          lambda xq, amax, p: gemv_dp4a.matmul(xq, amax[:, 0], p.codes, p.scale, config=chosen,
+                                               out_dtype=jnp.bfloat16,
+                                               interpret=jax.default_backend() != "gpu"),
+          [(xq, amax, q) for q in ps], est)
       base = res["xla_bf16"]
       nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
       for impl, sec in res.items():
@@ -393,13 +392,15 @@ def bench_gemv(shapes, ms, log):
       ranked = sorted((v, i) for i, v in res.items() if i != "xla_bf16")
       log(f"  gemv {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
-          for v, i in ranked))
+          for v, i in ranked[:5]) + "".join(
+          f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x)" for v, i in ranked[5:]
+          if "default" in i or i.startswith("mma")))
   return rows
 
 
 def _short(c):
   if isinstance(c, gemv_dp4a.GemvConfig):
-    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages} q:{c.quantize}"
+    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
   swap = " swap" if c.swap_ab else ""
   return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 

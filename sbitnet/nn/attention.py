@@ -21,15 +21,14 @@ class Attention(nnx.Module):
 
   def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                linear: Callable[..., SparseBitLinear], qkv_bias: bool,
-               implementation: str | None = None, decode_implementation: str | None = None,
-               rngs: nnx.Rngs):
+               implementation: str | None = None, rngs: nnx.Rngs):
     """`implementation` is passed to `jax.nn.dot_product_attention` ("cudnn" for the fused
-    flash-attention kernel on GPU, "xla", or None to let JAX choose); `decode_implementation`
-    (same choices) serves one-token decode steps against the cache."""
+    flash-attention kernel on GPU, "xla", or None to let JAX choose), for prefill and for decode
+    steps against the cache alike."""
     if n_heads % n_kv_heads:
       raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}.")
     self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-    self.implementation, self.decode_implementation = implementation, decode_implementation
+    self.implementation = implementation
     q, kv = n_heads * head_dim, n_kv_heads * head_dim
     self.qkv = linear(d_model, q + 2 * kv, split=(q, kv, kv), use_bias=qkv_bias,
                       kernel_axes=("embed", "heads"), rngs=rngs)
@@ -56,7 +55,7 @@ class Attention(nnx.Module):
     if x.shape[1] == 1:
       out = jax.nn.dot_product_attention(queries, cache.keys, cache.values,
                                          key_value_seq_lengths=cache.lengths + 1,
-                                         implementation=self.decode_implementation)
+                                         implementation=self.implementation)
     else:
       out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
                                          implementation=self.implementation)

@@ -82,9 +82,8 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
             out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
-  quantized per token to int8 with `quantize_x`: the dp4a GEMV for int8 activations of one or
-  two rows (`config.gemv_wins`; where it quantizes: `GemvConfig.quantize`), the MMA kernel
-  otherwise (x quantized by XLA first)."""
+  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of
+  one or two rows (`config.gemv_wins`), the MMA kernel otherwise."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
@@ -96,17 +95,19 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
     c = config or config_lib.choose_gemv(m, n16)
-    return gemv_dp4a.matmul(x, codes, col_scale, config=c, out_dtype=out_dtype,
-                            interpret=off_gpu(), out_init=out_init)[:, :n]
-  c = config or config_lib.choose(m, n16, kp, quantize_x)
-  if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
-    raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
-                     f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
-                     f"split_k={c.split_k} positive.")
+  else:
+    c = config or config_lib.choose(m, n16, kp, quantize_x)
+    if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:
+      raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
+                       f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
+                       f"split_k={c.split_k} positive.")
   row_absmax = None
   if quantize_x:
     x, row_absmax = absmax_int8_with_absmax(x)
     row_absmax = row_absmax[:, 0]
+  if gemv:
+    return gemv_dp4a.matmul(x, row_absmax, codes, col_scale, config=c, out_dtype=out_dtype,
+                            interpret=off_gpu(), out_init=out_init)[:, :n]
   parts = pallas_triton.matmul(x, codes, col_scale, row_absmax=row_absmax, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
                                interpret=off_gpu(), out_init=out_init)

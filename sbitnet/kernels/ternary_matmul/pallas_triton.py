@@ -102,15 +102,11 @@ def _divide(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
   return r
 
 
-def absmax_multiplier(amax: jax.Array, asm: bool) -> jax.Array:
-  """`absmax_int8`'s multiplier `s = 127 / max(amax, EPS)` (`sbitnet.ops.absmax_multiplier`), bit
-  for bit."""
-  return _divide(127.0 * jnp.ones_like(amax), jnp.maximum(amax, EPS), asm)
-
-
 def row_scale(amax: jax.Array, asm: bool) -> jax.Array:
-  """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax)`, bit for bit."""
-  return _divide(jnp.ones_like(amax), absmax_multiplier(amax, asm), asm)
+  """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax) = 127 / max(amax, EPS)`, bit for
+  bit."""
+  one = jnp.ones_like(amax)
+  return _divide(one, _divide(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
 
 
 def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
