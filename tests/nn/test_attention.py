@@ -1,5 +1,7 @@
 """Decode attention against the KV cache: the cuDNN kernel (what bf16 models use on GPU) equals
-XLA's on rows of different lengths, with a cache size off every tile."""
+XLA's on rows of different lengths, with a cache size off every tile. The test suite runs on the
+CPU (tests/conftest.py); on a GPU machine run `JAX_PLATFORMS=cuda python -m pytest
+tests/nn/test_attention.py`."""
 
 import functools
 
