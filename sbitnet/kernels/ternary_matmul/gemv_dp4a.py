@@ -13,8 +13,8 @@ offset w (bytes 4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the code
 
   acc += dp4a(c_q, x_q)   over the planes q,   c_q = (word >> 2q) & 0x03030303,
 
-where `x_q` is x's word at `32 i + 8 q + w` (`x_planes` lays x out as `[4, M, Kp / 16]` so that
-the kernel loads it at the codes' word index), and the epilogue applies `x @ t = x @ c - sum(x)`
+where `x_q` is x's word at `32 i + 8 q + w` (the kernel loads x's words as they lie, `x_words`:
+plane q of a step is a `[tiles, 8]` view of them), and the epilogue applies `x @ t = x @ c - sum(x)`
 (c = t + 1, exact in int32) and both scales. Per 16 weights: 7 shift/and instructions, then 4
 dp4a per row; no shared memory or MMA layout in between.
 """
@@ -33,6 +33,7 @@ from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import call, row_scale
 
 WORD_WEIGHTS = 16  # 2-bit codes per 32-bit word
+PLANE_WORDS = PLANE_ROWS // 4  # code words per format tile = int8 x words per plane of a tile
 _PLANE_MASK = 0x03030303
 
 
@@ -45,14 +46,14 @@ class GemvConfig:
   num_stages: int = 1
 
 
-def x_planes(xq: jax.Array, kp: int) -> jax.Array:
-  """int8 `[M, K]` (K <= kp, zero-padded to kp) -> int32 `[4, M, kp / 16]`: entry `[q, r, 8 i + w]`
-  is x row r's word of K rows `128 i + 32 q + 4 w .. + 3` (little-endian bytes), the word the
-  codes' word `8 i + w` meets in plane q."""
+def x_words(xq: jax.Array, kp: int) -> jax.Array:
+  """int8 `[M, K]` (K <= kp, zero-padded to kp) -> int32 `[M, kp / 128, 32]`, the same bytes (a
+  bitcast, no copy where K = kp): entry `[r, i, 8 q + w]` is x row r's word of K rows
+  `128 i + 32 q + 4 w .. + 3` (little-endian bytes), the word the codes' word `8 i + w` meets in
+  plane q."""
   m, k = xq.shape
-  xq = jnp.pad(xq, ((0, 0), (0, kp - k))).reshape(m, kp // TILE_K, 4, PLANE_ROWS // 4, 4)
-  words = jax.lax.bitcast_convert_type(xq, jnp.int32)
-  return words.transpose(2, 0, 1, 3).reshape(4, m, kp // WORD_WEIGHTS)
+  xq = jnp.pad(xq, ((0, 0), (0, kp - k))).reshape(m, kp // TILE_K, TILE_K // 4, 4)
+  return jax.lax.bitcast_convert_type(xq, jnp.int32)
 
 
 def _planes(words: jax.Array, asm: bool) -> list[jax.Array]:
@@ -82,28 +83,34 @@ def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: boo
   return out
 
 
-def _kernel(xw_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
-  """xw_ref: `x_planes` as `[4 M, words]` (plane-major). Output columns `[j * block_n, (j + 1) *
-  block_n)` of every row; words past the end of the codes load as zeros (code 0 contributes
-  nothing to x @ c). sum(x) comes from the same x words (dp4a with bytes of 1), per program."""
+def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
+  """x_ref: `x_words` `[M, tiles, 32]`. Output columns `[j * block_n, (j + 1) * block_n)` of every
+  row; words past the end of the codes load as zeros (code 0 contributes nothing to x @ c).
+  sum(x) comes from the same x words (dp4a with bytes of 1), per program."""
   j = pl.program_id(0)
-  (rows, words), bn = xw_ref.shape, w_ref.shape[0]
+  (m, tiles, _), (bn, words) = x_ref.shape, w_ref.shape
+  tiles_per_step = block_w // PLANE_WORDS
   ones = [jnp.full((1, block_w), 0x01010101, jnp.int32)] * 4
 
   def step(s, carry):
-    cols = pl.ds(s * block_w, block_w)
     ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < words
-    planes = _planes(pltriton.load(w_ref.at[:, cols], mask=ok, other=0), asm)
+    planes = _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0),
+                     asm)
+    tile = s * tiles_per_step
+    tile_ok = tile + jax.lax.broadcasted_iota(
+        jnp.int32, (1, tiles_per_step, PLANE_WORDS), 1) < tiles
     new = []
     for r, (acc, x_acc) in enumerate(carry):
-      xs = [pltriton.load(xw_ref.at[pl.ds(q * rows // 4 + r, 1), cols], mask=ok, other=0)
-            for q in range(4)]
+      # Plane q of each tile is x's words 8q .. 8q + 7 of that tile: a strided view, no copy.
+      xs = [pltriton.load(x_ref.at[pl.ds(r, 1), pl.ds(tile, tiles_per_step),
+                                   pl.ds(q * PLANE_WORDS, PLANE_WORDS)],
+                          mask=tile_ok, other=0).reshape(1, block_w) for q in range(4)]
       new.append((_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in xs], acc, asm),
                   _dp4a(ones, xs, x_acc, asm)))
     return tuple(new)
 
   zeros = jnp.zeros((bn, block_w), jnp.int32), jnp.zeros((1, block_w), jnp.int32)
-  carry = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * (rows // 4))
+  carry = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * m)
   col_scale = cs_ref[...]
   for r, (acc, x_acc) in enumerate(carry):
     one = pl.ds(r, 1)
@@ -127,18 +134,19 @@ def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: ja
   (m, k), (n, nbytes), c = xq.shape, codes.shape, config
   kp = nbytes * 4
   powers_of_two = all(b > 0 and not b & (b - 1) for b in (c.block_n, c.block_w))
-  if xq.dtype != jnp.int8 or k > kp or n % c.block_n or not powers_of_two:
+  if (xq.dtype != jnp.int8 or k > kp or n % c.block_n or not powers_of_two
+      or c.block_w < PLANE_WORDS):
     raise ValueError(f"{c} does not tile xq {xq.dtype} {tuple(xq.shape)} x codes "
                      f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, block_n="
                      f"{c.block_n} must divide N={n} (N padded to 16 by ternary_matmul), and "
-                     f"block_n and block_w={c.block_w} be powers of two.")
+                     f"block_n and block_w={c.block_w} be powers of two, block_w >= "
+                     f"{PLANE_WORDS}.")
   words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.int32)
   kernel = functools.partial(_kernel, block_w=c.block_w,
                              asm=not interpret if asm is None else asm)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
               pl.BlockSpec((c.block_n,), lambda j: (j,))]
-  xw = x_planes(xq, kp).reshape(4 * m, kp // WORD_WEIGHTS)
-  return call(kernel, [xw, words, row_absmax, col_scale], in_specs, whole,
+  return call(kernel, [x_words(xq, kp), words, row_absmax, col_scale], in_specs, whole,
               jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // c.block_n,), config=c,
               interpret=interpret, out_init=out_init)
