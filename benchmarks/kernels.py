@@ -177,7 +177,7 @@ def _poison_for(m, k, n, quantize_x):
   N16]`; the Mosaic GPU int8 GEMM allocates its own output (None: the comparison with XLA is the
   check)."""
   n16 = -(-n // 16) * 16
-  if quantize_x and config_lib.gemv_wins(m, n16):
+  if quantize_x and config_lib.gemv_wins(m):
     return (config_lib.choose_gemv(m, n16),
             jnp.full((m, n16), jnp.nan, jnp.bfloat16))
   if quantize_x and m > config_lib.two_bit_max_m(True, int8_weight_kept=False):
@@ -224,7 +224,7 @@ def bench_matmul(name, k, n, ms, log, peaks):
           lambda x, p: (jnp.dot(x, unpack_codes(p.codes)[:, :k].T.astype(x.dtype),
                                 preferred_element_type=jnp.float32) * p.scale).astype(x.dtype),
           [(x, q) for q in ps])
-    if config_lib.gemv_wins(m, -(-n // 16) * 16):
+    if config_lib.gemv_wins(m):
       # The 2-bit MMA kernel where the dispatcher takes the dp4a GEMV for int8 activations.
       mma = config_lib.choose(m, -(-n // 16) * 16, padded_rows(k), int8=True)
       impls["pallas_int8_mma"] = (

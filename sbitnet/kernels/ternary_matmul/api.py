@@ -83,14 +83,14 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
   quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of
-  one or two rows (`config.gemv_wins`), the MMA kernel otherwise."""
+  one row (`config.gemv_wins`), the MMA kernel otherwise."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
   codes = _pad_to(p.codes, 0, n16, 0x55)
   col_scale = _pad_to(p.scale, 0, n16)
   gemv = isinstance(config, gemv_dp4a.GemvConfig) or (
-      config is None and quantize_x and config_lib.gemv_wins(m, n16))
+      config is None and quantize_x and config_lib.gemv_wins(m))
   if gemv:
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
@@ -173,8 +173,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
       takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper from 512 rows the
       Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
-      a 2-bit kernel streams the packed codes: for int8 activations of one row (two on wide
-      layers: `config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
+      a 2-bit kernel streams the packed codes: for int8 activations of one row
+      (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
       (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
       MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), an

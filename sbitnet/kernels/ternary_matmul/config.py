@@ -6,9 +6,9 @@ N >= WIDE_N: block_n = 256) was the best or within 5 % of it on 8192→28672 and
 with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128
 block_m = 64 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on
 N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). One int8 row goes to
-the dp4a GEMV instead, two rows on wide layers (`gemv_wins`, `choose_gemv`; 1.1-1.4x the MMA
-kernel at one row). Above `two_bit_max_m` int8 activations go to an int8 GEMM: `choose_int8_gemm`
-and `int8_gemm_wins` below (on Hopper the Mosaic GPU kernel, elsewhere the Triton-backend one).
+the dp4a GEMV instead (`gemv_wins`, `choose_gemv`; 1.1-1.4x the MMA kernel at one row). Above
+`two_bit_max_m` int8 activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins`
+below (on Hopper the Mosaic GPU kernel, elsewhere the Triton-backend one).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 # copy is not kept also up to TWO_BIT_MAX_M, where the alternative unpacks the codes every call.
 DECODE_MAX_M = 64
 TWO_BIT_MAX_M = 512
-# Int8 activations of one row go to the dp4a GEMV (`gemv_dp4a`) instead, of two rows where N >=
-# GEMV_TWO_ROW_MIN_N: at 2 rows it won on N = 11008 and 28672 and lost on N = 2048, at 4 rows it
-# lost everywhere (H200 sweep, docs/kernels.md). Rows per program: GEMV_MAX_ROWS / M at most.
-GEMV_MAX_M = 2
-GEMV_TWO_ROW_MIN_N = 8192
+# Int8 activations of one row go to the dp4a GEMV (`gemv_dp4a`) instead. Two rows went to it too
+# while it read x through an XLA transpose (it won on N = 11008 and 28672 there); reading x's words
+# as they lie (no transpose kernel per call: 7 % faster batch-1 decode) made its two-row case
+# 1.1-1.4x slower than the MMA kernel on 8192x28672 (H200, docs/kernels.md). Rows per program:
+# GEMV_MAX_ROWS / M at most.
+GEMV_MAX_M = 1
 GEMV_MAX_ROWS = 32
 GEMV_MIN_PROGRAMS = 600
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
@@ -76,17 +77,18 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
                 num_stages=3, swap_ab=True)
 
 
-def gemv_wins(m: int, n: int) -> bool:
-  """Whether the dp4a GEMV beat the 2-bit MMA kernel for int8 x `[m, K]` × N outputs (H200)."""
-  return m == 1 or (m <= GEMV_MAX_M and n >= GEMV_TWO_ROW_MIN_N)
+def gemv_wins(m: int) -> bool:
+  """Whether the dp4a GEMV beat the 2-bit MMA kernel for int8 x with m rows (H200)."""
+  return m <= GEMV_MAX_M
 
 
 def choose_gemv(m: int, n: int) -> GemvConfig:
   """Config of the dp4a GEMV for m rows of x and codes `[n, Kp / 4]`; n a multiple of 16.
-  H200 sweep at M = 1-2 (docs/kernels.md): the most code rows per program (up to 32 / m: the
-  accumulators grow with both) that still leave GEMV_MIN_PROGRAMS programs (M = 1: 8192→28672
-  32 rows, 896 programs; 2048→11008 16, 688; N = 2048 one or two rows; M = 2: 8192→28672 16
-  rows), 64-word steps, and at least 128 words per step (one per thread of the 4 warps)."""
+  H200 sweeps at M = 1 (docs/kernels.md): the most code rows per program (up to 32 / m: the
+  accumulators grow with both) that still leave GEMV_MIN_PROGRAMS programs (8192→28672 32 rows,
+  896 programs; 2048→11008 16, 688; N = 2048 one or two rows), 64-word steps, and at least 128
+  words per step (one per thread of the 4 warps). The dispatcher sends it one row only; more
+  rows are for explicit configs."""
   block_n = max(1, GEMV_MAX_ROWS // m)
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2

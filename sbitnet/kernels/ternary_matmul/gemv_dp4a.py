@@ -3,7 +3,7 @@ cores (`dp4a`), no tensor cores.
 
 At one row a tensor-core dot wastes 15 of its 16 rows, and the 2-bit MMA kernel (`pallas_triton`)
 measured latency-bound well below the read bandwidth; this kernel is 1.1-1.4x faster there (H200,
-docs/kernels.md). Each extra row adds 4 dp4a per word, so the MMA kernel wins from 2-4 rows on
+docs/kernels.md). Each extra row adds 4 dp4a per word, and the MMA kernel wins from two rows on
 (`config.gemv_wins`).
 
 Each program streams `block_n` rows of codes (format v2, read as 32-bit words: 16 weights each) in
