@@ -242,6 +242,9 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
   with pytest.raises(ValueError, match="block_w=48 be powers of two"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                    config=GemvConfig(block_n=16, block_w=48))
+  with pytest.raises(ValueError, match="block_w >= 8"):
+    ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                   config=GemvConfig(block_n=16, block_w=4))
   with pytest.raises(ValueError, match="xq must be int8"):
     gemv_dp4a.matmul(jnp.zeros((1, 128), jnp.float32), jnp.ones(1), p.codes, p.scale,
                      config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16, interpret=True)

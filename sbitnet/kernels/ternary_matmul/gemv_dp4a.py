@@ -139,8 +139,8 @@ def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: ja
     raise ValueError(f"{c} does not tile xq {xq.dtype} {tuple(xq.shape)} x codes "
                      f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, block_n="
                      f"{c.block_n} must divide N={n} (N padded to 16 by ternary_matmul), and "
-                     f"block_n and block_w={c.block_w} be powers of two, block_w >= "
-                     f"{PLANE_WORDS}.")
+                     f"block_n and block_w={c.block_w} be powers of two with block_w >= "
+                     f"{PLANE_WORDS} (one format tile).")
   words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.int32)
   kernel = functools.partial(_kernel, block_w=c.block_w,
                              asm=not interpret if asm is None else asm)
