@@ -4,8 +4,8 @@
                                [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
-tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at a few
-rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams
+tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at one or
+more rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
-from sbitnet.kernels.ternary_matmul.api import on_hopper  # noqa: E402
+from sbitnet.kernels.ternary_matmul.api import off_gpu, on_hopper  # noqa: E402
 from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu,  # noqa: E402
                                            pallas_triton)
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
@@ -172,7 +172,7 @@ def check_correctness(log):
 
 def _poison_for(m, k, n, quantize_x):
   """(config, a NaN output buffer or None) for the Pallas kernel `ternary_matmul` dispatches to:
-  the dp4a GEMV (int8, a few rows) writes `[M, N16]`, the 2-bit MMA kernel `[split_k, M, N16]`,
+  the dp4a GEMV (int8, one row) writes `[M, N16]`, the 2-bit MMA kernel `[split_k, M, N16]`,
   the Triton int8 GEMM (int8 above TWO_BIT_MAX_M; no int8 weight is kept here) `[split_k, Mp,
   N16]`; the Mosaic GPU int8 GEMM allocates its own output (None: the comparison with XLA is the
   check)."""
@@ -198,6 +198,7 @@ def bench_matmul(name, k, n, ms, log, peaks):
   t, gamma = _ternary(jax.random.key(k * 7 + n), k, n)
   p = pack(t, gamma)
   packed_bytes = p.codes.nbytes + p.scale.nbytes
+  n16 = -(-n // 16) * 16  # N as the kernels' configs see it
   r = copies(k * n * 2)
   ws_bf16 = [(t.astype(jnp.bfloat16) + 0 * i) for i in range(r)]
   ws_i8 = [t + jnp.int8(0) * i for i in range(r)]
@@ -226,7 +227,7 @@ def bench_matmul(name, k, n, ms, log, peaks):
           [(x, q) for q in ps])
     if config_lib.gemv_wins(m):
       # The 2-bit MMA kernel where the dispatcher takes the dp4a GEMV for int8 activations.
-      mma = config_lib.choose(m, -(-n // 16) * 16, padded_rows(k), int8=True)
+      mma = config_lib.choose(m, n16, padded_rows(k), int8=True)
       impls["pallas_int8_mma"] = (
           lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=mma),
           [(x, q) for q in ps])
@@ -241,14 +242,14 @@ def bench_matmul(name, k, n, ms, log, peaks):
           [(x, q, w.T) for q, w in zip(ps, ws_i8)])
     if config_lib.DECODE_MAX_M < m <= config_lib.TWO_BIT_MAX_M:
       # The int8 GEMM with the codes unpacked per call, where the dispatcher streams them instead.
-      gemm = config_lib.choose_int8_gemm(m, -(-n // 16) * 16, k, on_hopper())
+      gemm = config_lib.choose_int8_gemm(m, n16, k, on_hopper())
       impls["pallas_unpack_int8gemm"] = (
           lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                                       config=gemm),
           [(x, q) for q in ps])
     if m > config_lib.TWO_BIT_MAX_M:
       # The 2-bit kernel where the dispatcher no longer sends int8 activations.
-      two_bit = config_lib.choose(m, -(-n // 16) * 16, padded_rows(k), int8=True)
+      two_bit = config_lib.choose(m, n16, padded_rows(k), int8=True)
       impls["pallas_2bit_int8"] = (
           lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                                       config=two_bit),
@@ -357,8 +358,9 @@ def gemv_candidates(n):
 
 
 def bench_gemv(shapes, ms, log):
-  """Whole op with int8 activations at a few rows: the dp4a GEMV over tile configs and the 2-bit
-  MMA kernel at its config, each checked against XLA (bit-identical) first; XLA bf16 beside."""
+  """Whole op with int8 activations of `ms` rows: the dp4a GEMV over tile configs (the dispatcher
+  sends it one row) and the 2-bit MMA kernel at its config, each checked against XLA
+  (bit-identical) first; XLA bf16 beside."""
   rows = []
   for name in shapes:
     for m in ms:
@@ -382,7 +384,7 @@ def bench_gemv(shapes, ms, log):
       res["gemv kernel alone (default)"] = timed(
           lambda xq, amax, p: gemv_dp4a.matmul(xq, amax[:, 0], p.codes, p.scale, config=chosen,
                                                out_dtype=jnp.bfloat16,
-                                               interpret=jax.default_backend() != "gpu"),
+                                               interpret=off_gpu()),
           [(xq, amax, q) for q in ps], est)
       base = res["xla_bf16"]
       nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
@@ -430,7 +432,7 @@ def stream(words, block_n, nbytes, split_k, num_warps=4, num_stages=3):
       in_specs=[pl.BlockSpec((block_n, w), lambda j, s: (j, 0))],
       out_specs=pl.BlockSpec((None, block_n), lambda j, s: (s, j)),
       compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-      interpret=jax.default_backend() != "gpu",
+      interpret=off_gpu(),
   )(words)
 
 
@@ -462,7 +464,7 @@ def bench_kernel_only(shapes, m, log):
   """The Pallas call alone (x pre-quantized) at the default config, with the inline-asm decode and
   with the jnp decode, against the whole op."""
   rows = []
-  on_gpu = jax.default_backend() == "gpu"
+  on_gpu = not off_gpu()
   for name in shapes:
     k, n, ps, x = _sweep_inputs(name, m)
     for quantize_x in (True, False):
