@@ -1,6 +1,6 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
-  python benchmarks/kernels.py [--part decode|large|sweep|gemv|ceiling|fused|int8gemm|all]
+  python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|all]
                                [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
@@ -41,7 +41,7 @@ from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul.api import off_gpu, on_hopper  # noqa: E402
 from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu,  # noqa: E402
-                                           pallas_triton)
+                                           pallas_triton, two_bit_mgpu)
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
@@ -400,6 +400,57 @@ def bench_gemv(shapes, ms, log):
   return rows
 
 
+def mgpu_2bit_candidates(m, k, n):
+  """Tile configs of the Mosaic GPU 2-bit kernel for one problem: CTAs of 64, 128 and 256 code
+  rows (256 only while the four accumulators fit: M <= 32), each without a K split and with the
+  smallest splits giving >= 1 and >= 2 CTAs per SM (132)."""
+  M = two_bit_mgpu.TwoBitMgpuConfig
+  steps = -(-padded_rows(k) // two_bit_mgpu.STEP_K)
+  m_tiles = -(-m // two_bit_mgpu.MAX_TILE_M)
+  cands = []
+  for tile_n, wgs in ((64, 1), (64, 2), (128, 2)):
+    if n % (tile_n * wgs) or (tile_n == 128 and m > 32):
+      continue
+    ctas = n // (tile_n * wgs) * m_tiles
+    splits = {1} | {next((d for d in range(1, steps + 1) if not steps % d and ctas * d >= target),
+                         steps) for target in (132, 264)}
+    cands += [M(tile_n=tile_n, warpgroups=wgs, split_k=s) for s in sorted(splits)]
+  return cands
+
+
+def bench_mgpu_2bit(shapes, ms, log):
+  """Whole op with int8 activations: the Mosaic GPU 2-bit kernel over tile configs beside the
+  dispatcher's path and XLA bf16, each checked against XLA (bit-identical) first."""
+  rows = []
+  for name in shapes:
+    for m in ms:
+      k, n, ps, x = _sweep_inputs(name, m)
+      wb = [unpack(q)[0].astype(jnp.bfloat16) for q in ps[:copies(2 * k * n)]]
+      ref = np.asarray(ternary_matmul(x, ps[0], quantize_x=True, implementation="xla"),
+                       np.float32)
+      est = max(k * n / 4 / 2e12, 2 * m * k * n / 400e12)
+      res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
+      for c in [None] + mgpu_2bit_candidates(m, k, n):
+        def f(x, p, c=c):
+          return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
+        label = "dispatcher" if c is None else (
+            f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}")
+        sec = checked_timing(f, (x, ps[0]), ref, [(x, q) for q in ps], est,
+                             f"mgpu2bit {name} m={m} {label}", log)
+        if sec is not None:
+          res[label] = sec
+      base = res["xla_bf16"]
+      nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
+      for impl, sec in res.items():
+        rows.append(dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6,
+                         speedup_vs_bf16=base / sec, packed_tb_s=nbytes / sec / 1e12))
+      ranked = sorted((v, i) for i, v in res.items() if i != "xla_bf16")
+      log(f"  mgpu2bit {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
+          f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
+          for v, i in ranked))
+  return rows
+
+
 def _short(c):
   if isinstance(c, gemv_dp4a.GemvConfig):
     return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
@@ -586,8 +637,8 @@ def _fmt(v):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
-                  choices=("decode", "large", "fused", "sweep", "gemv", "ceiling", "kernelonly",
-                           "int8gemm", "all"))
+                  choices=("decode", "large", "fused", "sweep", "gemv", "mgpu2bit", "ceiling",
+                           "kernelonly", "int8gemm", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -623,6 +674,9 @@ def main():
   if args.part in ("gemv", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 2, 4)
     result["gemv"] = bench_gemv(sweep_shapes, ms, log)
+  if args.part in ("mgpu2bit", "all"):
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else (16, 64, 128)
+    result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log)
   if args.part in ("ceiling", "all"):
     result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)
   if args.part in ("ceiling", "kernelonly", "all"):

@@ -10,11 +10,13 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sbitnet.kernels import pack, ternary_matmul, unpack_int8
 from sbitnet.kernels.ternary_matmul import config as config_lib
-from sbitnet.kernels.ternary_matmul import gemv_dp4a, int8_gemm, int8_gemm_mgpu, pallas_triton
+from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu, pallas_triton,
+                                           two_bit_mgpu)
 from sbitnet.kernels.ternary_matmul.gemv_dp4a import GemvConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
+from sbitnet.kernels.ternary_matmul.two_bit_mgpu import TwoBitMgpuConfig
 from sbitnet.ops import absmax_int8
 from tests.kernels.base import PATTERNS, activations, rel_err, ternary
 
@@ -411,3 +413,31 @@ def test_mosaic_int8_gemm_refuses_a_gpu_without_wgmma(monkeypatch):
   monkeypatch.setattr(api, "on_hopper", lambda: False)
   with pytest.raises(ValueError, match="needs a Hopper GPU"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig())
+
+
+@pytest.mark.parametrize("config", [TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=8, stages=2,
+                                                     split_k=2),
+                                    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=16)],
+                         ids=str)
+def test_mosaic_2bit_kernel_writes_every_tile_and_equals_xla(config):
+  """Mosaic GPU interpret mode (int32 output not initialised by the kernel, so an unwritten tile
+  fails the exact comparison): M, N and K off the tiles (several x row tiles, N padded to the
+  CTA rows, a last K step past the codes), split K, bit-identical to XLA's int8 path."""
+  m, k, n = 21, 1896, 200
+  x, _, _, p = _case(17, m, k, n, (6, 8))
+  ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
+  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
+  assert out.shape == (m, n) and out.dtype == x.dtype
+  np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
+
+
+def test_mosaic_2bit_planes_are_the_codes_place_values():
+  """`_plane` with bitwise ops only: 4**q·c for planes 0-2 and -64·t for plane 3, every byte."""
+  codes = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8)
+  fields = [(np.arange(256) >> 2 * q) & 3 for q in range(4)]
+  as_int8 = jax.lax.bitcast_convert_type(codes, jnp.int8)
+  for q, field in enumerate(fields):
+    plane = np.asarray(two_bit_mgpu._plane(as_int8, q), np.int32)
+    valid = field < 3  # code 3 never occurs
+    expected = 4 ** q * field if q < 3 else -64 * (field - 1)
+    np.testing.assert_array_equal(plane[valid], expected[valid])

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from sbitnet.kernels.ternary_matmul import config as config_lib
 from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu, pallas_triton,
-                                           reference)
+                                           reference, two_bit_mgpu)
 from sbitnet.kernels.ternary_matmul.pack import PackedTernary, check_packed
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax
 
@@ -78,12 +78,40 @@ def _product(parts: jax.Array, m: int, n: int) -> jax.Array:
   return parts[0, :m, :n] if parts.shape[0] == 1 else parts.sum(0, dtype=jnp.float32)[:m, :n]
 
 
+def _check_hopper(config) -> None:
+  if not off_gpu() and not on_hopper():
+    device = jax.devices()[0]
+    raise ValueError(f"{config} selects a Mosaic GPU kernel, which needs a Hopper GPU (compute "
+                     f"capability 9.x, wgmma); this device is {device.device_kind} "
+                     f"({getattr(device, 'compute_capability', 'unknown')}). Pass a Triton "
+                     "kernel's config or config=None.")
+
+
+def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgpuConfig,
+                  out_init: jax.Array | None) -> jax.Array:
+  """The Mosaic GPU 2-bit kernel on x quantized per token to int8, N padded to its CTA rows."""
+  if out_init is not None:
+    raise ValueError("out_init does not apply to the Mosaic GPU 2-bit kernel (its interpret "
+                     "mode already fills the output with NaN before the kernel runs).")
+  _check_hopper(config)
+  n = p.codes.shape[0]
+  np_ = _round_up(n, config.cta_n)
+  xq, x_scale = absmax_int8(x)
+  y = two_bit_mgpu.matmul(xq, x_scale, _pad_to(p.codes, 0, np_, 0x55),
+                          _pad_to(p.scale, 0, np_), config=config, interpret=off_gpu())
+  return y[:, :n]
+
+
 def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
             out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
   quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of
   one row (`config.gemv_wins`), the MMA kernel otherwise."""
+  if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
+    if not quantize_x:
+      raise ValueError(f"{config} is a Mosaic GPU 2-bit kernel config: it needs quantize_x=True.")
+    return _two_bit_mgpu(x, p, config, out_init)
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
@@ -127,12 +155,7 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
     if out_init is not None:
       raise ValueError("out_init does not apply to the Mosaic GPU int8 GEMM (its interpret mode "
                        "already fills the output with NaN before the kernel runs).")
-    if not interpret and not on_hopper():
-      device = jax.devices()[0]
-      raise ValueError(f"{c} selects the Mosaic GPU int8 GEMM, which needs a Hopper GPU (compute "
-                       f"capability 9.x, wgmma); this device is {device.device_kind} "
-                       f"({getattr(device, 'compute_capability', 'unknown')}). Pass an "
-                       "int8_gemm.GemmConfig or config=None.")
+    _check_hopper(c)
     multiples = (c.tile_m, c.cta_n, c.tile_k)
   else:
     if n16 % c.block_n or c.block_m % 16 or c.block_k % 32 or c.split_k < 1:
@@ -156,7 +179,8 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
 
 def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                    implementation: str | None = None,
-                   config: (pallas_triton.Config | gemv_dp4a.GemvConfig | int8_gemm.GemmConfig
+                   config: (pallas_triton.Config | gemv_dp4a.GemvConfig
+                            | two_bit_mgpu.TwoBitMgpuConfig | int8_gemm.GemmConfig
                             | int8_gemm_mgpu.MgpuGemmConfig | None) = None,
                    out_init: jax.Array | None = None,
                    int8_weight: jax.Array | None = None) -> jax.Array:
@@ -177,7 +201,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
       (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
-      MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), an
+      MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), a
+      `two_bit_mgpu.TwoBitMgpuConfig` for the Mosaic GPU 2-bit kernel (`quantize_x`, Hopper), an
       `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
       `int8_gemm_mgpu.MgpuGemmConfig` for the Mosaic GPU one; None picks by shape.
     out_init: Triton kernels only (tests): the kernel's `[split_k, M, N16]` output buffer (the

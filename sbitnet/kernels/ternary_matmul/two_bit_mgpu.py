@@ -1,0 +1,243 @@
+"""Pallas Mosaic GPU (Hopper) 2-bit kernel: int8 activations × packed ternary codes by wgmma.
+
+  acc[n, m] = sum_k c[n, k] · xq[m, k]        (c = t + 1 in {0, 1, 2}: the packed codes)
+
+xq int8 `[Mp, Kp]` (per-token absmax activations, M padded to a multiple of 8), codes uint8
+`[N, Kp / 4]` (format v2, seen as int8). Swap-AB: the weights are wgmma's M operand, so a handful
+of activation rows fills its N dimension (8 to 256) instead of a 64-row tile of zeros. Each
+compute warpgroup loads its `[tile_n, 32]` block of code bytes from shared memory into registers
+in wgmma's 8-bit A-operand layout; plane q, `(bytes >> 2q) & 3`, is then exactly the A operand of
+K rows 32q..32q+31 of the format tile (the byte order of format v2), so the four planes feed four
+`wgmma.m64nMk32.s32.s8.s8` straight from registers, decoded with two integer ops per four
+weights and no shared-memory round trip. B is the `[Mp, 32]` slice of the activations' K tile,
+K-major, read through a transposed view. One warpgroup issues the TMA loads of the code and
+activation tiles into a ring of `stages` shared-memory slots.
+
+The kernel writes exact int32 sums `[split_k, N, Mp]` (one slice per K split); the caller sums
+them, subtracts `sum_k xq[m, k]` (the code offset: x·t = x·c − Σx) and applies the scales in one
+XLA pass, so the result is bit-identical to the XLA int8 path.
+
+Interpret mode (CPU tests) cannot read a transposed shared-memory operand, so there the kernel
+gets xq transposed (`[Kp, Mp]`) and takes its slices as they are; everything else is the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
+
+MEMORY_REGISTERS = 40
+# Rows of x per CTA at most: four int32 accumulators of [tile_n, rows] per warpgroup (one per
+# plane) take 2·rows registers per thread.
+MAX_TILE_M = 64
+# K rows per pipeline step: four format tiles, so that a step's code bytes are 128 wide (one
+# 128-byte swizzle row) and each plane of them is a whole [rows, 128] wgmma A operand.
+STEP_K = 4 * TILE_K
+STEP_BYTES = STEP_K // 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoBitMgpuConfig:
+  """`tile_n` code rows per compute warpgroup (a multiple of 64: wgmma's M), `warpgroups` compute
+  warpgroups per CTA (side by side along N: a CTA covers warpgroups·tile_n rows), `tile_m` rows of
+  x per CTA at most (a multiple of 8, <= MAX_TILE_M; fewer rows are padded to 8 only), `stages`
+  shared-memory slots in flight (each one step of STEP_K rows), and `split_k` K ranges run by
+  separate CTAs."""
+  tile_n: int = 64
+  warpgroups: int = 2
+  tile_m: int = 64
+  stages: int = 4
+  split_k: int = 1
+
+  @property
+  def cta_n(self) -> int:
+    return self.warpgroups * self.tile_n
+
+  def rows(self, m: int) -> tuple[int, int]:
+    """(x rows per CTA, x rows padded) for m rows."""
+    tm = min(self.tile_m, -(-m // 8) * 8)
+    return tm, -(-m // tm) * tm
+
+
+def _swizzled(minor_bytes: int) -> tuple:
+  """Tiling + the widest swizzle dividing `minor_bytes` (TMA wants the array's minor size a
+  multiple of the tile: code rows of K = 11008 are 2752 bytes, 64-byte tiles)."""
+  swizzle = next(s for s in (128, 64, 32) if minor_bytes % s == 0)
+  return (plgpu.TilingTransform((8, swizzle)), plgpu.SwizzleTransform(swizzle))
+
+
+def _plane(codes: jax.Array, q: int) -> jax.Array:
+  """Plane q of int8 code bytes by bitwise ops alone (Mosaic GPU has no 8-bit shifts): the
+  2-bit field at bits 2q..2q+1 kept in place, i.e. `4**q · c` (c = t + 1) for q < 3; for q = 3
+  the field with its low bit flipped, which as a signed byte is `-64 · t` (c = 0, 1, 2 ->
+  64, 0, -64), since `64 · c` would overflow int8 at c = 2."""
+  if q < 3:
+    return codes & (3 << 2 * q)
+  return (codes ^ 0x40) & -64  # 0xC0 as int8
+
+
+def _kernel(codes_gmem, x_gmem, out_gmem, *, config: TwoBitMgpuConfig, tile_m: int,
+            x_k_major: bool):
+  c = config
+  steps = -(-codes_gmem.shape[1] // STEP_BYTES) // c.split_k
+  n_idx, m_idx, split_idx = (jax.lax.axis_index(a) for a in ("n", "m", "split"))
+  first = split_idx * steps
+  cta_rows = pl.ds(n_idx * c.cta_n, c.cta_n)
+  x_rows = pl.ds(m_idx * tile_m, tile_m)
+  if x_k_major:
+    x_spec = plgpu.BlockSpec((tile_m, STEP_K), lambda s: (0, first + s),
+                             transforms=_swizzled(STEP_K), memory_space=plgpu.SMEM)
+    x_cta = x_gmem.at[x_rows]
+  else:
+    x_spec = plgpu.BlockSpec((STEP_K, tile_m), lambda s: (first + s, 0),
+                             memory_space=plgpu.SMEM)
+    x_cta = x_gmem.at[:, x_rows]
+  codes_spec = plgpu.BlockSpec((c.cta_n, STEP_BYTES), lambda s: (0, first + s),
+                               transforms=_swizzled(codes_gmem.shape[1]),
+                               memory_space=plgpu.SMEM)
+
+  def pipeline(body, compute_context):
+    return plgpu.emit_pipeline_warp_specialized(
+        body, grid=(steps,), memory_registers=MEMORY_REGISTERS, in_specs=[codes_spec, x_spec],
+        wg_axis="wg", num_compute_wgs=c.warpgroups, max_concurrent_steps=c.stages,
+        compute_context=compute_context)
+
+  unused = lambda *_, **__: None  # allocations do not depend on the bodies
+  codes_cta = codes_gmem.at[cta_rows]
+
+  @functools.partial(
+      pl.run_scoped,
+      allocations=pipeline(unused, unused).get_allocations(codes_cta, x_cta),
+      out_smem=plgpu.SMEM((c.warpgroups, c.tile_n, tile_m), jnp.int32),
+      # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
+      plane_smem=None if x_k_major else plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES),
+                                                   jnp.int8),
+      collective_axes="wg")
+  def _scope(allocations, out_smem, plane_smem):
+    wg = jax.lax.axis_index("wg")
+    wg_rows = pl.ds(wg * c.tile_n, c.tile_n)
+
+    def compute_context(run_pipeline):
+      @functools.partial(pl.run_scoped,
+                         accs=[plgpu.ACC((c.tile_n, tile_m), jnp.int32) for _ in range(4)])
+      def _acc_scope(accs):
+        run_pipeline(accs)
+        # Undo the planes' place values (exact: plane q's sums are multiples of 4**q).
+        a0, a1, a2, a3 = (acc[...] for acc in accs)
+        out_smem[wg] = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(out_smem.at[wg],
+                                out_gmem.at[split_idx, cta_rows, x_rows].at[wg_rows])
+
+    def mma(_, codes_smem, x_smem, accs):
+      codes = codes_smem[wg_rows]
+      for q, acc in enumerate(accs):
+        plane = _plane(codes, q)
+        if plane_smem is not None:
+          plane_smem[wg] = plane
+          plane = plane_smem.at[wg]
+        k_rows = pl.ds(q * STEP_BYTES, STEP_BYTES)
+        if x_k_major:
+          x_operand = plgpu.transpose_ref(x_smem.at[:, k_rows], (1, 0))
+        else:
+          x_operand = x_smem.at[k_rows, :]
+        plgpu.wgmma(acc, plane, x_operand)
+      plgpu.wgmma_wait(0)
+      return accs
+
+    pipeline(mma, compute_context)(codes_cta, x_cta, allocations=allocations)
+
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+def plane_order(xq: jax.Array, rows: int) -> jax.Array:
+  """xq `[M, K]` padded to `rows` rows and K to a multiple of STEP_K, its K reordered the way the
+  kernel's planes read it: within each step of STEP_K, column `128q + 32t + j` holds K row
+  `128t + 32q + j` (plane q of format tile t = 0..3), so that plane q of a step's `[n, 128]`
+  code bytes multiplies one contiguous `[M, 128]` block. XLA fuses this into the quantization."""
+  m, k = xq.shape
+  ks = -(-k // STEP_K) * STEP_K
+  x = jnp.pad(xq, ((0, rows - m), (0, ks - k)))
+  x = x.reshape(rows, ks // STEP_K, STEP_BYTES // PLANE_ROWS, 4, PLANE_ROWS)
+  return x.transpose(0, 1, 3, 2, 4).reshape(rows, ks)
+
+
+def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
+  c = config
+  steps = -(-kp // STEP_K)
+  if (n % c.cta_n or c.tile_n % 64 or c.warpgroups not in (1, 2) or c.tile_m % 8
+      or not 8 <= c.tile_m <= MAX_TILE_M or kp % TILE_K or c.split_k < 1
+      or steps % c.split_k or c.stages < 2):
+    raise ValueError(
+        f"{c} does not tile M={m}, N={n}, Kp={kp}: N must be a multiple of "
+        f"warpgroups·tile_n (warpgroups 1 or 2, tile_n of 64), tile_m a multiple of 8 in "
+        f"[8, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide its {steps} steps of "
+        f"{STEP_K}, and stages >= 2.")
+
+
+@functools.partial(jax.jit, static_argnames=("config", "interpret"))
+def matmul_codes(x_planes: jax.Array, codes: jax.Array, *, config: TwoBitMgpuConfig,
+                 interpret: bool = False) -> jax.Array:
+  """The kernel: int32 `[split_k, N, Mp]`, summing to `t @ xq.T + offset(x_planes)` (exact).
+
+  x_planes: int8 `[Mp, Ks]`, `plane_order(xq, Mp)` (Mp from `config.rows`, Ks: K padded to
+  STEP_K); codes: uint8 `[N, Kp / 4]` (format v2; on the GPU the last step's bytes past Kp are
+  TMA's zero fill). N and Kp must tile by the config (`check_tiles`). `interpret` runs Mosaic
+  GPU interpret mode (CPU).
+  """
+  (mp, ks), (n, nbytes) = x_planes.shape, codes.shape
+  kp = nbytes * 4
+  tile_m, rows = config.rows(mp)
+  if (x_planes.dtype != jnp.int8 or codes.dtype != jnp.uint8 or rows != mp
+      or ks != -(-kp // STEP_K) * STEP_K):
+    raise ValueError(f"the Mosaic 2-bit kernel wants int8 x [Mp, Kp rounded up to {STEP_K}] "
+                     f"(plane_order, Mp from config.rows) and uint8 codes [N, Kp / 4], got "
+                     f"{x_planes.dtype} {tuple(x_planes.shape)} and {codes.dtype} "
+                     f"{tuple(codes.shape)}.")
+  check_tiles(mp, n, kp, config)
+  codes = jax.lax.bitcast_convert_type(codes, jnp.int8)
+  if interpret:  # no public export of the GPU interpret parameters (jax 0.10-0.11)
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    interpret_params = InterpretGPUParams()
+    # Interpret mode clamps a block past the end instead of filling it with zeros as TMA does.
+    codes = jnp.pad(codes, ((0, 0), (0, ks // 4 - nbytes)))
+  else:
+    interpret_params = None
+  kernel = plgpu.kernel(
+      functools.partial(_kernel, config=config, tile_m=tile_m, x_k_major=not interpret),
+      out_type=jax.ShapeDtypeStruct((config.split_k, n, mp), jnp.int32),
+      grid=(n // config.cta_n, mp // tile_m, config.split_k), grid_names=("n", "m", "split"),
+      num_threads=config.warpgroups + 1, thread_name="wg", interpret=interpret_params,
+      compiler_params=plgpu.CompilerParams(
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
+  return kernel(codes, x_planes.T if interpret else x_planes)
+
+
+def offset(x_planes: jax.Array) -> jax.Array:
+  """int32 `[Mp]`: what the kernel's sums exceed `t @ xq.T` by, the sum of x over planes 0-2
+  (those multiply c = t + 1; plane 3 multiplies t itself)."""
+  mp, ks = x_planes.shape
+  blocks = x_planes.reshape(mp, ks // STEP_K, 4, STEP_BYTES)
+  return blocks[:, :, :3].sum((1, 2, 3), dtype=jnp.int32)
+
+
+def matmul(xq: jax.Array, x_scale: jax.Array, codes: jax.Array, col_scale: jax.Array, *,
+           config: TwoBitMgpuConfig, interpret: bool = False) -> jax.Array:
+  """`(xq @ t.T) * x_scale * col_scale` as float32 `[M, N]`, bit-identical to
+  `reference.matmul_int8` (exact int32 sums, the same float32 products).
+
+  xq: int8 `[M, K]`; x_scale: float32 `[M, 1]`; codes: uint8 `[N, Kp / 4]`; col_scale: float32
+  `[N]`. N must be a multiple of the config's CTA rows.
+  """
+  m, n = xq.shape[0], codes.shape[0]
+  x_planes = plane_order(xq, config.rows(m)[1])
+  parts = matmul_codes(x_planes, codes, config=config, interpret=interpret)
+  acc = parts.sum(0).T[:m] - offset(x_planes)[:m, None]
+  return acc.astype(jnp.float32) * x_scale * col_scale
