@@ -415,6 +415,7 @@ def mgpu_2bit_candidates(m, k, n):
     splits = {1} | {next((d for d in range(1, steps + 1) if not steps % d and ctas * d >= target),
                          steps) for target in (132, 264)}
     cands += [M(tile_n=tile_n, warpgroups=wgs, split_k=s) for s in sorted(splits)]
+    cands.append(M(tile_n=tile_n, warpgroups=wgs, stages=6))
   return cands
 
 

@@ -441,3 +441,34 @@ def test_mosaic_2bit_planes_are_the_codes_place_values():
     valid = field < 3  # code 3 never occurs
     expected = 4 ** q * field if q < 3 else -64 * (field - 1)
     np.testing.assert_array_equal(plane[valid], expected[valid])
+
+
+@pytest.mark.parametrize("m,k,config", [
+    (16, 8192, TwoBitMgpuConfig(tile_n=128, warpgroups=2)),
+    (128, 11008, TwoBitMgpuConfig(tile_n=64, warpgroups=1, split_k=11))], ids=str)
+def test_mosaic_2bit_kernel_lowers_for_the_gpu(m, k, config):
+  """The GPU variant (planes as wgmma's register A operand, x's tile read through a transposed
+  view; interpret mode runs neither) lowered for CUDA on the CPU through Mosaic GPU's layout
+  inference and dialect lowering: the fused epilogue, and split K over code rows of 2752 bytes
+  (64-byte swizzle) with two row tiles of x."""
+  n = 2048
+  tile_m, rows = config.rows(m)
+  args = [jax.ShapeDtypeStruct((rows, -(-k // 512) * 512), jnp.int8),
+          jax.ShapeDtypeStruct((n, k // 4), jnp.uint8), jax.ShapeDtypeStruct((rows,), jnp.int32),
+          jax.ShapeDtypeStruct((rows,), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32)]
+  kernel = functools.partial(two_bit_mgpu.matmul_codes, config=config, out_dtype=jnp.bfloat16)
+  text = jax.jit(kernel).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1
+
+
+def test_mosaic_2bit_kernel_checks_its_inputs():
+  x, _, _, p = _case(18, 8, 256, 128, (2, 4))
+  with pytest.raises(ValueError, match="Mosaic GPU 2-bit kernel config: it needs quantize_x"):
+    ternary_matmul(x, p, implementation="pallas", config=TwoBitMgpuConfig())
+  with pytest.raises(ValueError, match="split_k must divide its 3 steps"):
+    two_bit_mgpu.check_tiles(16, 128, 1536, TwoBitMgpuConfig(split_k=2))
+  with pytest.raises(ValueError, match="tile_m a multiple of 8"):
+    two_bit_mgpu.check_tiles(16, 128, 512, TwoBitMgpuConfig(tile_m=128))
+  with pytest.raises(ValueError, match="out_init does not apply"):
+    ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=TwoBitMgpuConfig(),
+                   out_init=jnp.zeros((1, 8, 128)))

@@ -88,7 +88,7 @@ def _check_hopper(config) -> None:
 
 
 def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgpuConfig,
-                  out_init: jax.Array | None) -> jax.Array:
+                  out_dtype, out_init: jax.Array | None) -> jax.Array:
   """The Mosaic GPU 2-bit kernel on x quantized per token to int8, N padded to its CTA rows."""
   if out_init is not None:
     raise ValueError("out_init does not apply to the Mosaic GPU 2-bit kernel (its interpret "
@@ -98,7 +98,8 @@ def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgp
   np_ = _round_up(n, config.cta_n)
   xq, x_scale = absmax_int8(x)
   y = two_bit_mgpu.matmul(xq, x_scale, _pad_to(p.codes, 0, np_, 0x55),
-                          _pad_to(p.scale, 0, np_), config=config, interpret=off_gpu())
+                          _pad_to(p.scale, 0, np_), config=config, out_dtype=out_dtype,
+                          interpret=off_gpu())
   return y[:, :n]
 
 
@@ -111,7 +112,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
     if not quantize_x:
       raise ValueError(f"{config} is a Mosaic GPU 2-bit kernel config: it needs quantize_x=True.")
-    return _two_bit_mgpu(x, p, config, out_init)
+    return _two_bit_mgpu(x, p, config, out_dtype, out_init)
   m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)

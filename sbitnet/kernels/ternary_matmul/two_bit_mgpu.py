@@ -83,9 +83,10 @@ def _plane(codes: jax.Array, q: int) -> jax.Array:
   return (codes ^ 0x40) & -64  # 0xC0 as int8
 
 
-def _kernel(codes_gmem, x_gmem, out_gmem, *, config: TwoBitMgpuConfig, tile_m: int,
-            x_k_major: bool):
+def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_gmem, *,
+            config: TwoBitMgpuConfig, tile_m: int, x_k_major: bool):
   c = config
+  fused = c.split_k == 1
   steps = -(-codes_gmem.shape[1] // STEP_BYTES) // c.split_k
   n_idx, m_idx, split_idx = (jax.lax.axis_index(a) for a in ("n", "m", "split"))
   first = split_idx * steps
@@ -115,12 +116,17 @@ def _kernel(codes_gmem, x_gmem, out_gmem, *, config: TwoBitMgpuConfig, tile_m: i
   @functools.partial(
       pl.run_scoped,
       allocations=pipeline(unused, unused).get_allocations(codes_cta, x_cta),
-      out_smem=plgpu.SMEM((c.warpgroups, c.tile_n, tile_m), jnp.int32),
+      out_smem=plgpu.SMEM((c.warpgroups, c.tile_n, tile_m), out_gmem.dtype),
+      offset_smem=plgpu.SMEM((c.warpgroups, tile_m), jnp.int32),
+      x_scale_smem=plgpu.SMEM((c.warpgroups, tile_m), jnp.float32),
+      col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32),
+      vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups),
       # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
       plane_smem=None if x_k_major else plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES),
                                                    jnp.int8),
       collective_axes="wg")
-  def _scope(allocations, out_smem, plane_smem):
+  def _scope(allocations, out_smem, offset_smem, x_scale_smem, col_scale_smem, vector_barriers,
+             plane_smem):
     wg = jax.lax.axis_index("wg")
     wg_rows = pl.ds(wg * c.tile_n, c.tile_n)
 
@@ -131,8 +137,21 @@ def _kernel(codes_gmem, x_gmem, out_gmem, *, config: TwoBitMgpuConfig, tile_m: i
         run_pipeline(accs)
         # Undo the planes' place values (exact: plane q's sums are multiples of 4**q).
         a0, a1, a2, a3 = (acc[...] for acc in accs)
-        out_smem[wg] = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
-        plgpu.commit_smem()
+        y = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
+        if fused:  # t @ xq.T, then the scales (as reference.matmul_int8), in the output dtype
+          vectors = ((offset_gmem.at[x_rows], offset_smem), (x_scale_gmem.at[x_rows], x_scale_smem),
+                    (col_scale_gmem.at[cta_rows].at[wg_rows], col_scale_smem))
+          for i, (src, dst) in enumerate(vectors):
+            plgpu.copy_gmem_to_smem(src, dst.at[wg], vector_barriers.at[3 * wg + i])
+          for i in range(3):
+            plgpu.barrier_wait(vector_barriers.at[3 * wg + i])
+          shape = (c.tile_n, tile_m)  # explicit broadcasts: layout inference needs them
+          per_row = lambda v: jax.lax.broadcast_in_dim(v, shape, (1,))
+          y = y - per_row(offset_smem[wg])
+          y = (y.astype(jnp.float32) * per_row(x_scale_smem[wg])
+               * jax.lax.broadcast_in_dim(col_scale_smem[wg], shape, (0,)))
+        out_smem[wg] = y.astype(out_smem.dtype)
+        plgpu.commit_smem()  # also a warpgroup barrier: the vectors have been read
         plgpu.copy_smem_to_gmem(out_smem.at[wg],
                                 out_gmem.at[split_idx, cta_rows, x_rows].at[wg_rows])
 
@@ -182,15 +201,20 @@ def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
         f"{STEP_K}, and stages >= 2.")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "interpret"))
-def matmul_codes(x_planes: jax.Array, codes: jax.Array, *, config: TwoBitMgpuConfig,
+@functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret"))
+def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_scale: jax.Array,
+                 col_scale: jax.Array, *, config: TwoBitMgpuConfig, out_dtype,
                  interpret: bool = False) -> jax.Array:
-  """The kernel: int32 `[split_k, N, Mp]`, summing to `t @ xq.T + offset(x_planes)` (exact).
+  """The kernel. Without a K split: `((t @ xq.T) * x_scale * col_scale)` (exact int32 sums,
+  then float32 products as `reference.matmul_int8`) as out_dtype `[1, N, Mp]`; with split_k
+  splits the int32 sums `[split_k, N, Mp]` that add up to `t @ xq.T + offset` (the caller
+  finishes).
 
   x_planes: int8 `[Mp, Ks]`, `plane_order(xq, Mp)` (Mp from `config.rows`, Ks: K padded to
   STEP_K); codes: uint8 `[N, Kp / 4]` (format v2; on the GPU the last step's bytes past Kp are
-  TMA's zero fill). N and Kp must tile by the config (`check_tiles`). `interpret` runs Mosaic
-  GPU interpret mode (CPU).
+  TMA's zero fill); offset: int32 `[Mp]`, `offset(x_planes)`; x_scale float32 `[Mp]`;
+  col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`). `interpret` runs
+  Mosaic GPU interpret mode (CPU).
   """
   (mp, ks), (n, nbytes) = x_planes.shape, codes.shape
   kp = nbytes * 4
@@ -212,12 +236,14 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, *, config: TwoBitMgpuCon
     interpret_params = None
   kernel = plgpu.kernel(
       functools.partial(_kernel, config=config, tile_m=tile_m, x_k_major=not interpret),
-      out_type=jax.ShapeDtypeStruct((config.split_k, n, mp), jnp.int32),
+      out_type=jax.ShapeDtypeStruct((config.split_k, n, mp),
+                                    out_dtype if config.split_k == 1 else jnp.int32),
       grid=(n // config.cta_n, mp // tile_m, config.split_k), grid_names=("n", "m", "split"),
       num_threads=config.warpgroups + 1, thread_name="wg", interpret=interpret_params,
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
-  return kernel(codes, x_planes.T if interpret else x_planes)
+  return kernel(codes, x_planes.T if interpret else x_planes, offset,
+                x_scale.astype(jnp.float32), col_scale.astype(jnp.float32))
 
 
 def offset(x_planes: jax.Array) -> jax.Array:
@@ -229,15 +255,21 @@ def offset(x_planes: jax.Array) -> jax.Array:
 
 
 def matmul(xq: jax.Array, x_scale: jax.Array, codes: jax.Array, col_scale: jax.Array, *,
-           config: TwoBitMgpuConfig, interpret: bool = False) -> jax.Array:
-  """`(xq @ t.T) * x_scale * col_scale` as float32 `[M, N]`, bit-identical to
-  `reference.matmul_int8` (exact int32 sums, the same float32 products).
+           config: TwoBitMgpuConfig, out_dtype, interpret: bool = False) -> jax.Array:
+  """`(xq @ t.T) * x_scale * col_scale` as out_dtype `[M, N]`, bit-identical to
+  `reference.matmul_int8` cast to out_dtype (exact int32 sums, the same float32 products).
 
   xq: int8 `[M, K]`; x_scale: float32 `[M, 1]`; codes: uint8 `[N, Kp / 4]`; col_scale: float32
   `[N]`. N must be a multiple of the config's CTA rows.
   """
-  m, n = xq.shape[0], codes.shape[0]
-  x_planes = plane_order(xq, config.rows(m)[1])
-  parts = matmul_codes(x_planes, codes, config=config, interpret=interpret)
-  acc = parts.sum(0).T[:m] - offset(x_planes)[:m, None]
-  return acc.astype(jnp.float32) * x_scale * col_scale
+  m = xq.shape[0]
+  rows = config.rows(m)[1]
+  x_planes = plane_order(xq, rows)
+  off = offset(x_planes)
+  x_scale = jnp.pad(x_scale[:, 0], (0, rows - m))
+  parts = matmul_codes(x_planes, codes, off, x_scale, col_scale, config=config,
+                       out_dtype=out_dtype, interpret=interpret)
+  if config.split_k == 1:
+    return parts[0, :, :m].T
+  acc = parts.sum(0).T[:m] - off[:m, None]
+  return (acc.astype(jnp.float32) * x_scale[:m, None] * col_scale).astype(out_dtype)
