@@ -415,15 +415,15 @@ def test_mosaic_int8_gemm_refuses_a_gpu_without_wgmma(monkeypatch):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig())
 
 
-@pytest.mark.parametrize("config", [TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=8, stages=2,
+@pytest.mark.parametrize("config", [TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16, stages=2,
                                                      split_k=2),
-                                    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=16)],
+                                    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32)],
                          ids=str)
 def test_mosaic_2bit_kernel_writes_every_tile_and_equals_xla(config):
   """Mosaic GPU interpret mode (int32 output not initialised by the kernel, so an unwritten tile
   fails the exact comparison): M, N and K off the tiles (several x row tiles, N padded to the
   CTA rows, a last K step past the codes), split K, bit-identical to XLA's int8 path."""
-  m, k, n = 21, 1896, 200
+  m, k, n = 37, 1896, 200
   x, _, _, p = _case(17, m, k, n, (6, 8))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
   out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
@@ -467,8 +467,36 @@ def test_mosaic_2bit_kernel_checks_its_inputs():
     ternary_matmul(x, p, implementation="pallas", config=TwoBitMgpuConfig())
   with pytest.raises(ValueError, match="split_k must divide its 3 steps"):
     two_bit_mgpu.check_tiles(16, 128, 1536, TwoBitMgpuConfig(split_k=2))
-  with pytest.raises(ValueError, match="tile_m a multiple of 8"):
+  with pytest.raises(ValueError, match="tile_m a multiple of 16"):
     two_bit_mgpu.check_tiles(16, 128, 512, TwoBitMgpuConfig(tile_m=128))
   with pytest.raises(ValueError, match="out_init does not apply"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=TwoBitMgpuConfig(),
                    out_init=jnp.zeros((1, 8, 128)))
+
+
+def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkeypatch):
+  """On a Hopper GPU (faked: the config is recorded, nothing runs) int8 decode calls go to the
+  Mosaic 2-bit kernel on wide layers from 16 rows, on narrow ones above 64, and to the Triton
+  kernel otherwise; its CTA rows divide N or it is not taken."""
+  from sbitnet.kernels.ternary_matmul import api
+  assert config_lib.mgpu_2bit_wins(4, n=28672, k=8192)
+  assert not config_lib.mgpu_2bit_wins(4, n=22016, k=2048)
+  assert config_lib.mgpu_2bit_wins(16, n=22016, k=2048)
+  assert not config_lib.mgpu_2bit_wins(64, n=2048, k=11008)
+  assert config_lib.mgpu_2bit_wins(128, n=2560, k=2048)
+  assert not config_lib.mgpu_2bit_wins(1, n=28672, k=8192)  # one row: the dp4a GEMV
+  assert not config_lib.mgpu_2bit_wins(256, n=22016, k=2048)  # not measured there
+  assert config_lib.choose_mgpu_2bit(16, 22016) == TwoBitMgpuConfig(tile_n=128, warpgroups=2)
+  assert config_lib.choose_mgpu_2bit(128, 2048) == TwoBitMgpuConfig(tile_n=64, warpgroups=1)
+  assert config_lib.choose_mgpu_2bit(128, 2000) is None
+
+  taken = []
+  monkeypatch.setattr(api, "off_gpu", lambda: False)
+  monkeypatch.setattr(api, "on_hopper", lambda: True)
+  monkeypatch.setattr(api, "_two_bit_mgpu", lambda x, p, config, *_: taken.append(config))
+  monkeypatch.setattr(api.pallas_triton, "matmul", lambda *_, config, **__: taken.append(config))
+  monkeypatch.setattr(api, "_product", lambda parts, m, n: None)
+  x, _, _, p = _case(19, 128, 256, 128, (2, 4))
+  api._pallas(x, p, True, x.dtype, None, None)
+  api._pallas(x[:16], p, True, x.dtype, None, None)
+  assert taken == [TwoBitMgpuConfig(tile_n=64, warpgroups=1), config_lib.choose(16, 128, 256, True)]

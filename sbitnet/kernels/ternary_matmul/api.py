@@ -106,14 +106,18 @@ def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgp
 def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
             out_init: jax.Array | None) -> jax.Array:
-  """The 2-bit kernels on x `[m, K]` as it is (the kernels mask rows and columns past the ends),
-  quantized per token to int8 first with `quantize_x`: the dp4a GEMV for int8 activations of
-  one row (`config.gemv_wins`), the MMA kernel otherwise."""
+  """The 2-bit kernels on x `[m, K]`, quantized per token to int8 first with `quantize_x`: the
+  dp4a GEMV for int8 activations of one row (`config.gemv_wins`); on Hopper the Mosaic GPU kernel
+  for int8 activations where it measured faster (`config.mgpu_2bit_wins`); otherwise the
+  Triton-backend MMA kernel, which reads x as it is (masking rows and columns past the ends)."""
+  m, (n, nbytes) = x.shape[0], p.codes.shape
+  if config is None and quantize_x and not off_gpu() and on_hopper() and \
+      config_lib.mgpu_2bit_wins(m, n, p.in_features):
+    config = config_lib.choose_mgpu_2bit(m, n)
   if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
     if not quantize_x:
       raise ValueError(f"{config} is a Mosaic GPU 2-bit kernel config: it needs quantize_x=True.")
     return _two_bit_mgpu(x, p, config, out_dtype, out_init)
-  m, (n, nbytes) = x.shape[0], p.codes.shape
   kp = nbytes * 4
   n16 = _round_up(n, 16)
   codes = _pad_to(p.codes, 0, n16, 0x55)
@@ -199,8 +203,9 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper from 512 rows the
       Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
       a 2-bit kernel streams the packed codes: for int8 activations of one row
-      (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), otherwise the MMA kernel
-      (`pallas_triton`).
+      (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), on Hopper for int8 activations where it
+      measured faster (`config.mgpu_2bit_wins`) the Mosaic GPU kernel (`two_bit_mgpu`),
+      otherwise the Triton-backend MMA kernel (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit
       MMA kernel, a `gemv_dp4a.GemvConfig` for the dp4a GEMV (`quantize_x` only), a
       `two_bit_mgpu.TwoBitMgpuConfig` for the Mosaic GPU 2-bit kernel (`quantize_x`, Hopper), an

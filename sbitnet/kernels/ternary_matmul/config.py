@@ -18,6 +18,7 @@ from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
 from sbitnet.kernels.ternary_matmul.pack import TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
+from sbitnet.kernels.ternary_matmul.two_bit_mgpu import TwoBitMgpuConfig
 
 # The 2-bit kernel serves M up to DECODE_MAX_M; int8 activations on a weight whose unpacked int8
 # copy is not kept also up to TWO_BIT_MAX_M, where the alternative unpacks the codes every call.
@@ -93,6 +94,38 @@ def choose_gemv(m: int, n: int) -> GemvConfig:
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2
   return GemvConfig(block_n=block_n, block_w=max(64, 128 // block_n), num_warps=4)
+
+
+# The Mosaic GPU 2-bit kernel (Hopper, int8 activations) was measured up to this M (H200 sweeps).
+MGPU_2BIT_MAX_M = 128
+# From this many weights (8192×28672) it won from 4 rows.
+MGPU_2BIT_LARGE_WEIGHT = 1 << 27
+
+
+def mgpu_2bit_wins(m: int, n: int, k: int) -> bool:
+  """Whether the Mosaic GPU 2-bit kernel beat the Triton-backend one for int8 x of m rows on a
+  Hopper GPU (H200 sweeps, whole op, docs/kernels.md): on 8192×28672 from M = 4 (1.14x at 4, 1.4x
+  at 16, 1.6x at 64-128); on the 3B gate/up projection (N = 22016) from M = 16 (1.1x at 16, 1.2x
+  at 64, 1.4x at 128; 0.86x at 4); on the narrow 3B layers (N <= 2560) at M = 128 only (1.1-1.3x;
+  at 64 within 2 % on q/k/v and o, 0.89x on down; slower below)."""
+  if not 2 <= m <= MGPU_2BIT_MAX_M:
+    return False
+  if k * n >= MGPU_2BIT_LARGE_WEIGHT:
+    return m >= 4
+  if n >= WIDE_N:
+    return m >= 16
+  return m > DECODE_MAX_M
+
+
+def choose_mgpu_2bit(m: int, n: int) -> TwoBitMgpuConfig | None:
+  """Config of the Mosaic GPU 2-bit kernel, or None where its CTA rows do not divide n (the
+  caller then takes the Triton kernel rather than padding the codes). H200 sweeps: wide layers
+  (N >= WIDE_N) two warpgroups per CTA, 128 code rows each up to 32 rows of x (four accumulators
+  of [128, rows] fit), 64 above; narrow layers one warpgroup of 64 rows; 4 stages, no K split
+  (best or within 3 % wherever the kernel wins)."""
+  wide = n >= WIDE_N
+  config = TwoBitMgpuConfig(tile_n=128 if wide and m <= 32 else 64, warpgroups=2 if wide else 1)
+  return config if n % config.cta_n == 0 else None
 
 
 def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuGemmConfig:

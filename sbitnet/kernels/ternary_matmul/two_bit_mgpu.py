@@ -37,6 +37,10 @@ MEMORY_REGISTERS = 40
 # Rows of x per CTA at most: four int32 accumulators of [tile_n, rows] per warpgroup (one per
 # plane) take 2·rows registers per thread.
 MAX_TILE_M = 64
+# Rows of x per CTA at least (fewer rows are padded). With 8 rows the GPU run failed with a
+# misaligned address (H200, jax 0.11.2; not investigated further).
+MIN_TILE_M = 16
+VECTOR_SLOT = 32  # 4-byte elements: 128 bytes
 # K rows per pipeline step: four format tiles, so that a step's code bytes are 128 wide (one
 # 128-byte swizzle row) and each plane of them is a whole [rows, 128] wgmma A operand.
 STEP_K = 4 * TILE_K
@@ -47,7 +51,8 @@ STEP_BYTES = STEP_K // 4
 class TwoBitMgpuConfig:
   """`tile_n` code rows per compute warpgroup (a multiple of 64: wgmma's M), `warpgroups` compute
   warpgroups per CTA (side by side along N: a CTA covers warpgroups·tile_n rows), `tile_m` rows of
-  x per CTA at most (a multiple of 8, <= MAX_TILE_M; fewer rows are padded to 8 only), `stages`
+  x per CTA at most (a multiple of MIN_TILE_M, <= MAX_TILE_M; fewer rows are padded to a multiple
+  of MIN_TILE_M only), `stages`
   shared-memory slots in flight (each one step of STEP_K rows), and `split_k` K ranges run by
   separate CTAs."""
   tile_n: int = 64
@@ -62,7 +67,7 @@ class TwoBitMgpuConfig:
 
   def rows(self, m: int) -> tuple[int, int]:
     """(x rows per CTA, x rows padded) for m rows."""
-    tm = min(self.tile_m, -(-m // 8) * 8)
+    tm = min(self.tile_m, -(-m // MIN_TILE_M) * MIN_TILE_M)
     return tm, -(-m // tm) * tm
 
 
@@ -117,8 +122,9 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
       pl.run_scoped,
       allocations=pipeline(unused, unused).get_allocations(codes_cta, x_cta),
       out_smem=plgpu.SMEM((c.warpgroups, c.tile_n, tile_m), out_gmem.dtype),
-      offset_smem=plgpu.SMEM((c.warpgroups, tile_m), jnp.int32),
-      x_scale_smem=plgpu.SMEM((c.warpgroups, tile_m), jnp.float32),
+      # One 128-byte aligned slot per warpgroup: TMA's shared-memory destination alignment.
+      offset_smem=plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.int32),
+      x_scale_smem=plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.float32),
       col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32),
       vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups),
       # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
@@ -139,16 +145,18 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
         a0, a1, a2, a3 = (acc[...] for acc in accs)
         y = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
         if fused:  # t @ xq.T, then the scales (as reference.matmul_int8), in the output dtype
-          vectors = ((offset_gmem.at[x_rows], offset_smem), (x_scale_gmem.at[x_rows], x_scale_smem),
-                    (col_scale_gmem.at[cta_rows].at[wg_rows], col_scale_smem))
+          slot = pl.ds(0, tile_m)
+          vectors = ((offset_gmem.at[x_rows], offset_smem.at[wg, slot]),
+                     (x_scale_gmem.at[x_rows], x_scale_smem.at[wg, slot]),
+                     (col_scale_gmem.at[cta_rows].at[wg_rows], col_scale_smem.at[wg]))
           for i, (src, dst) in enumerate(vectors):
-            plgpu.copy_gmem_to_smem(src, dst.at[wg], vector_barriers.at[3 * wg + i])
+            plgpu.copy_gmem_to_smem(src, dst, vector_barriers.at[3 * wg + i])
           for i in range(3):
             plgpu.barrier_wait(vector_barriers.at[3 * wg + i])
           shape = (c.tile_n, tile_m)  # explicit broadcasts: layout inference needs them
           per_row = lambda v: jax.lax.broadcast_in_dim(v, shape, (1,))
-          y = y - per_row(offset_smem[wg])
-          y = (y.astype(jnp.float32) * per_row(x_scale_smem[wg])
+          y = y - per_row(offset_smem[wg, slot])
+          y = (y.astype(jnp.float32) * per_row(x_scale_smem[wg, slot])
                * jax.lax.broadcast_in_dim(col_scale_smem[wg], shape, (0,)))
         out_smem[wg] = y.astype(out_smem.dtype)
         plgpu.commit_smem()  # also a warpgroup barrier: the vectors have been read
@@ -191,13 +199,13 @@ def plane_order(xq: jax.Array, rows: int) -> jax.Array:
 def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
   c = config
   steps = -(-kp // STEP_K)
-  if (n % c.cta_n or c.tile_n % 64 or c.warpgroups not in (1, 2) or c.tile_m % 8
-      or not 8 <= c.tile_m <= MAX_TILE_M or kp % TILE_K or c.split_k < 1
+  if (n % c.cta_n or c.tile_n % 64 or c.warpgroups not in (1, 2) or c.tile_m % MIN_TILE_M
+      or not MIN_TILE_M <= c.tile_m <= MAX_TILE_M or kp % TILE_K or c.split_k < 1
       or steps % c.split_k or c.stages < 2):
     raise ValueError(
         f"{c} does not tile M={m}, N={n}, Kp={kp}: N must be a multiple of "
-        f"warpgroups·tile_n (warpgroups 1 or 2, tile_n of 64), tile_m a multiple of 8 in "
-        f"[8, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide its {steps} steps of "
+        f"warpgroups·tile_n (warpgroups 1 or 2, tile_n of 64), tile_m a multiple of "
+        f"{MIN_TILE_M} in [{MIN_TILE_M}, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide its {steps} steps of "
         f"{STEP_K}, and stages >= 2.")
 
 
