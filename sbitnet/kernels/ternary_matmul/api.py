@@ -111,7 +111,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   for int8 activations where it measured faster (`config.mgpu_2bit_wins`); otherwise the
   Triton-backend MMA kernel, which reads x as it is (masking rows and columns past the ends)."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
-  if config is None and quantize_x and not off_gpu() and on_hopper() and \
+  if config is None and quantize_x and out_init is None and not off_gpu() and on_hopper() and \
       config_lib.mgpu_2bit_wins(m, n, p.in_features):
     config = config_lib.choose_mgpu_2bit(m, n)
   if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
@@ -211,7 +211,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       `two_bit_mgpu.TwoBitMgpuConfig` for the Mosaic GPU 2-bit kernel (`quantize_x`, Hopper), an
       `int8_gemm.GemmConfig` for the Triton-backend int8 GEMM or an
       `int8_gemm_mgpu.MgpuGemmConfig` for the Mosaic GPU one; None picks by shape.
-    out_init: Triton kernels only (tests): the kernel's `[split_k, M, N16]` output buffer (the
+    out_init: Triton kernels only (tests; the dispatcher then leaves out the Mosaic GPU ones):
+      the kernel's `[split_k, M, N16]` output buffer (the
       GEMV's: `[M, N16]`; the int8 GEMM's: `[split_k, Mp, N16]`, M padded to its block_m; N16 =
       N padded to 16), so that tiles left unwritten keep its (poison) values.
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,

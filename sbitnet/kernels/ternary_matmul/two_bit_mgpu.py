@@ -89,7 +89,7 @@ def _plane(codes: jax.Array, q: int) -> jax.Array:
 
 
 def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_gmem, *,
-            config: TwoBitMgpuConfig, tile_m: int, x_k_major: bool):
+            config: TwoBitMgpuConfig, tile_m: int, interpret: bool):
   c = config
   fused = c.split_k == 1
   steps = -(-codes_gmem.shape[1] // STEP_BYTES) // c.split_k
@@ -97,7 +97,7 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
   first = split_idx * steps
   cta_rows = pl.ds(n_idx * c.cta_n, c.cta_n)
   x_rows = pl.ds(m_idx * tile_m, tile_m)
-  if x_k_major:
+  if not interpret:
     x_spec = plgpu.BlockSpec((tile_m, STEP_K), lambda s: (0, first + s),
                              transforms=_swizzled(STEP_K), memory_space=plgpu.SMEM)
     x_cta = x_gmem.at[x_rows]
@@ -121,14 +121,14 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
   @functools.partial(
       pl.run_scoped,
       allocations=pipeline(unused, unused).get_allocations(codes_cta, x_cta),
-      out_smem=plgpu.SMEM((c.warpgroups, c.tile_n, tile_m), out_gmem.dtype),
+      out_smem=plgpu.SMEM((c.warpgroups, tile_m, c.tile_n), out_gmem.dtype),
       # One 128-byte aligned slot per warpgroup: TMA's shared-memory destination alignment.
       offset_smem=plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.int32),
       x_scale_smem=plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.float32),
       col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32),
       vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups),
       # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
-      plane_smem=None if x_k_major else plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES),
+      plane_smem=None if not interpret else plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES),
                                                    jnp.int8),
       collective_axes="wg")
   def _scope(allocations, out_smem, offset_smem, x_scale_smem, col_scale_smem, vector_barriers,
@@ -158,10 +158,17 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
           y = y - per_row(offset_smem[wg, slot])
           y = (y.astype(jnp.float32) * per_row(x_scale_smem[wg, slot])
                * jax.lax.broadcast_in_dim(col_scale_smem[wg], shape, (0,)))
-        out_smem[wg] = y.astype(out_smem.dtype)
+        # The [n, m] accumulator stored as the [m, n] output tile: WGMMA_TRANSPOSED is the
+        # register layout whose store to a transposed view is supported (one shuffle away).
+        y = y.astype(out_smem.dtype)
+        if interpret:  # no layout_cast there
+          out_smem[wg] = y.T
+        else:
+          y = plgpu.layout_cast(y, plgpu.Layout.WGMMA_TRANSPOSED)
+          plgpu.transpose_ref(out_smem.at[wg], (1, 0))[...] = y
         plgpu.commit_smem()  # also a warpgroup barrier: the vectors have been read
         plgpu.copy_smem_to_gmem(out_smem.at[wg],
-                                out_gmem.at[split_idx, cta_rows, x_rows].at[wg_rows])
+                                out_gmem.at[split_idx, x_rows, cta_rows].at[:, wg_rows])
 
     def mma(_, codes_smem, x_smem, accs):
       codes = codes_smem[wg_rows]
@@ -171,7 +178,7 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
           plane_smem[wg] = plane
           plane = plane_smem.at[wg]
         k_rows = pl.ds(q * STEP_BYTES, STEP_BYTES)
-        if x_k_major:
+        if not interpret:
           x_operand = plgpu.transpose_ref(x_smem.at[:, k_rows], (1, 0))
         else:
           x_operand = x_smem.at[k_rows, :]
@@ -214,8 +221,8 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
                  col_scale: jax.Array, *, config: TwoBitMgpuConfig, out_dtype,
                  interpret: bool = False) -> jax.Array:
   """The kernel. Without a K split: `((t @ xq.T) * x_scale * col_scale)` (exact int32 sums,
-  then float32 products as `reference.matmul_int8`) as out_dtype `[1, N, Mp]`; with split_k
-  splits the int32 sums `[split_k, N, Mp]` that add up to `t @ xq.T + offset` (the caller
+  then float32 products as `reference.matmul_int8`) as out_dtype `[1, Mp, N]`; with split_k
+  splits the int32 sums `[split_k, Mp, N]` that add up to `t @ xq.T + offset` (the caller
   finishes).
 
   x_planes: int8 `[Mp, Ks]`, `plane_order(xq, Mp)` (Mp from `config.rows`, Ks: K padded to
@@ -243,8 +250,8 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   else:
     interpret_params = None
   kernel = plgpu.kernel(
-      functools.partial(_kernel, config=config, tile_m=tile_m, x_k_major=not interpret),
-      out_type=jax.ShapeDtypeStruct((config.split_k, n, mp),
+      functools.partial(_kernel, config=config, tile_m=tile_m, interpret=interpret),
+      out_type=jax.ShapeDtypeStruct((config.split_k, mp, n),
                                     out_dtype if config.split_k == 1 else jnp.int32),
       grid=(n // config.cta_n, mp // tile_m, config.split_k), grid_names=("n", "m", "split"),
       num_threads=config.warpgroups + 1, thread_name="wg", interpret=interpret_params,
@@ -278,6 +285,6 @@ def matmul(xq: jax.Array, x_scale: jax.Array, codes: jax.Array, col_scale: jax.A
   parts = matmul_codes(x_planes, codes, off, x_scale, col_scale, config=config,
                        out_dtype=out_dtype, interpret=interpret)
   if config.split_k == 1:
-    return parts[0, :, :m].T
-  acc = parts.sum(0).T[:m] - off[:m, None]
+    return parts[0, :m]
+  acc = parts.sum(0)[:m] - off[:m, None]
   return (acc.astype(jnp.float32) * x_scale[:m, None] * col_scale).astype(out_dtype)
