@@ -141,7 +141,8 @@ def check_correctness(log):
       ok &= good
       log(f"check matmul m={m} k={k} n={n} {pattern} int8={quantize_x} {cfg}: rel_err={err:.2e} "
           f"{'ok' if good else 'FAIL'}")
-  # Without split-K the int8 path is exact up to the scales, which the kernel applies as XLA does
+  # Without split-K (and with it, for the Mosaic 2-bit kernel, whose split sums are int32) the
+  # int8 path is exact up to the scales, which the kernel applies as XLA does
   # (1 / (127 / max(amax, eps)) by IEEE divisions, then * gamma): outputs must be bit-identical.
   t, gamma = _ternary(jax.random.key(8), 2048, 1024, (6, 8))
   p = pack(t, gamma)
@@ -151,7 +152,14 @@ def check_correctness(log):
   for cfg, rows in ((Config(block_n=128, split_k=1), 100),
                     (Config(block_m=64, block_n=128, swap_ab=True), 100),
                     (gemv(block_n=8, block_w=128), 1), (gemv(block_n=4, block_w=64), 3),
-                    (gemv(block_n=16, block_w=256, num_warps=8), 4)):
+                    (gemv(block_n=16, block_w=256, num_warps=8), 4)) + (
+                        # The Mosaic GPU 2-bit kernel: fused epilogue (split 1), split K, 1-2
+                        # warpgroups, several x row tiles (Hopper only).
+                        ((two_bit_mgpu.TwoBitMgpuConfig(tile_n=128, warpgroups=2), 16),
+                         (two_bit_mgpu.TwoBitMgpuConfig(warpgroups=1), 100),
+                         (two_bit_mgpu.TwoBitMgpuConfig(split_k=2), 100),
+                         (two_bit_mgpu.TwoBitMgpuConfig(tile_m=16), 40))
+                        if on_hopper() else ()):
     out = np.asarray(ternary_matmul(x[:rows], p, quantize_x=True, implementation="pallas",
                                     config=cfg), np.float32)
     diff = int(np.sum(out != ref[:rows]))
@@ -434,8 +442,7 @@ def bench_mgpu_2bit(shapes, ms, log):
       for c in [None] + mgpu_2bit_candidates(m, k, n):
         def f(x, p, c=c):
           return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
-        label = "dispatcher" if c is None else (
-            f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}")
+        label = "dispatcher" if c is None else _short(c)
         sec = checked_timing(f, (x, ps[0]), ref, [(x, q) for q in ps], est,
                              f"mgpu2bit {name} m={m} {label}", log)
         if sec is not None:
@@ -453,6 +460,8 @@ def bench_mgpu_2bit(shapes, ms, log):
 
 
 def _short(c):
+  if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
+    return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
   if isinstance(c, gemv_dp4a.GemvConfig):
     return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
   swap = " swap" if c.swap_ab else ""
