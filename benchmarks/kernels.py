@@ -409,21 +409,21 @@ def bench_gemv(shapes, ms, log):
 
 
 def mgpu_2bit_candidates(m, k, n):
-  """Tile configs of the Mosaic GPU 2-bit kernel for one problem: CTAs of 64, 128 and 256 code
-  rows (256 only while the four accumulators fit: M <= 32), each without a K split and with the
-  smallest splits giving >= 1 and >= 2 CTAs per SM (132)."""
+  """Tile configs of the Mosaic GPU 2-bit kernel for one problem: one or two warpgroups of 64 or
+  128 code rows (128 only while the four accumulators fit: M <= 32), each without a K split and
+  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), and 3 or 5 stages unsplit."""
   M = two_bit_mgpu.TwoBitMgpuConfig
   steps = -(-padded_rows(k) // two_bit_mgpu.STEP_K)
   m_tiles = -(-m // two_bit_mgpu.MAX_TILE_M)
   cands = []
-  for tile_n, wgs in ((64, 1), (64, 2), (128, 2)):
+  for tile_n, wgs in ((64, 1), (64, 2), (128, 1), (128, 2)):
     if n % (tile_n * wgs) or (tile_n == 128 and m > 32):
       continue
     ctas = n // (tile_n * wgs) * m_tiles
     splits = {1} | {next((d for d in range(1, steps + 1) if not steps % d and ctas * d >= target),
                          steps) for target in (132, 264)}
     cands += [M(tile_n=tile_n, warpgroups=wgs, split_k=s) for s in sorted(splits)]
-    cands.append(M(tile_n=tile_n, warpgroups=wgs, stages=6))
+    cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st) for st in (3, 5)]
   return cands
 
 
