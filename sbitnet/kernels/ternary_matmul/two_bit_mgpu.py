@@ -1,24 +1,28 @@
 """Pallas Mosaic GPU (Hopper) 2-bit kernel: int8 activations × packed ternary codes by wgmma.
 
-  acc[n, m] = sum_k c[n, k] · xq[m, k]        (c = t + 1 in {0, 1, 2}: the packed codes)
+  y[m, n] = (sum_k xq[m, k] · t[n, k]) · x_scale[m] · col_scale[n]
 
-xq int8 `[Mp, Kp]` (per-token absmax activations, M padded to a multiple of 8), codes uint8
-`[N, Kp / 4]` (format v2, seen as int8). Swap-AB: the weights are wgmma's M operand, so a handful
-of activation rows fills its N dimension (8 to 256) instead of a 64-row tile of zeros. Each
-compute warpgroup loads its `[tile_n, 32]` block of code bytes from shared memory into registers
-in wgmma's 8-bit A-operand layout; plane q, `(bytes >> 2q) & 3`, is then exactly the A operand of
-K rows 32q..32q+31 of the format tile (the byte order of format v2), so the four planes feed four
-`wgmma.m64nMk32.s32.s8.s8` straight from registers, decoded with two integer ops per four
-weights and no shared-memory round trip. B is the `[Mp, 32]` slice of the activations' K tile,
-K-major, read through a transposed view. One warpgroup issues the TMA loads of the code and
-activation tiles into a ring of `stages` shared-memory slots.
+xq int8 `[M, K]` (per-token absmax activations), codes uint8 `[N, Kp / 4]` (format v2, seen as
+int8). Swap-AB: the weights are wgmma's M operand, so 16-64 activation rows per CTA fill its N
+dimension instead of a 64-row tile of zeros. A pipeline step covers STEP_K = 512 K rows: 128 code
+bytes per row. Each compute warpgroup loads its `[tile_n, 128]` block of them from shared memory
+into registers in wgmma's 8-bit A-operand layout and takes plane q (the 2-bit field at bits
+2q..2q+1 of every byte, format v2) by bitwise ops in place (`_plane`: Mosaic GPU has no 8-bit
+shifts), so each plane is a register A operand of `wgmma.m64nMk32.s32.s8.s8` with no shared-memory
+round trip. Plane q of byte `32t + j` holds K row `128t + 32q + j`, so x is reordered per step
+(`plane_order`, XLA, fused into the quantization) to make plane q's rows one contiguous
+`[rows, 128]` block, the B operand (K-major, through a transposed view of x's tile). Planes keep
+their place value (`4^q · c` with c = t + 1 for q < 3, `-64 · t` for q = 3), so each has its own
+int32 accumulator and the epilogue combines them exactly; planes 0-2 multiply c rather than t, so
+the sum exceeds x·t by `offset` (x summed over those planes' K rows), which the epilogue subtracts
+before applying both scales and storing the `[M, N]` tile in the output dtype. With a K split the
+kernel writes int32 sums `[split_k, Mp, N]` and XLA finishes. Bit-identical to
+`reference.matmul_int8`. One warpgroup issues the TMA loads of code and x tiles into a ring of
+`stages` shared-memory slots.
 
-The kernel writes exact int32 sums `[split_k, N, Mp]` (one slice per K split); the caller sums
-them, subtracts `sum_k xq[m, k]` (the code offset: x·t = x·c − Σx) and applies the scales in one
-XLA pass, so the result is bit-identical to the XLA int8 path.
-
-Interpret mode (CPU tests) cannot read a transposed shared-memory operand, so there the kernel
-gets xq transposed (`[Kp, Mp]`) and takes its slices as they are; everything else is the same code.
+Interpret mode (CPU tests) reads neither a register A operand nor a transposed shared-memory
+operand: there the planes go through shared memory and the kernel gets x transposed (`[Ks, Mp]`);
+everything else is the same code.
 """
 
 from __future__ import annotations
@@ -52,9 +56,8 @@ class TwoBitMgpuConfig:
   """`tile_n` code rows per compute warpgroup (a multiple of 64: wgmma's M), `warpgroups` compute
   warpgroups per CTA (side by side along N: a CTA covers warpgroups·tile_n rows), `tile_m` rows of
   x per CTA at most (a multiple of MIN_TILE_M, <= MAX_TILE_M; fewer rows are padded to a multiple
-  of MIN_TILE_M only), `stages`
-  shared-memory slots in flight (each one step of STEP_K rows), and `split_k` K ranges run by
-  separate CTAs."""
+  of MIN_TILE_M only), `stages` shared-memory slots in flight (each one step of STEP_K rows), and
+  `split_k` K ranges run by separate CTAs."""
   tile_n: int = 64
   warpgroups: int = 2
   tile_m: int = 64
@@ -128,8 +131,8 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
       col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32),
       vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups),
       # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
-      plane_smem=None if not interpret else plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES),
-                                                   jnp.int8),
+      plane_smem=(plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES), jnp.int8) if interpret
+                  else None),
       collective_axes="wg")
   def _scope(allocations, out_smem, offset_smem, x_scale_smem, col_scale_smem, vector_barriers,
              plane_smem):
