@@ -355,6 +355,27 @@ def checked_timing(f, first_args, ref, sets, est, label, log):
     return None
 
 
+def _int8_case(name: str, m: int):
+  """Inputs of a whole-op comparison with int8 activations of m rows on a sweep shape: (K, N,
+  rotating packed copies, x, the XLA path's output, a time estimate, {"xla_bf16": seconds})."""
+  k, n, ps, x = _sweep_inputs(name, m)
+  wb = [unpack(q)[0].astype(jnp.bfloat16) for q in ps[:copies(2 * k * n)]]
+  ref = np.asarray(ternary_matmul(x, ps[0], quantize_x=True, implementation="xla"), np.float32)
+  est = max(k * n / 4 / 2e12, 2 * m * k * n / 400e12)
+  return k, n, ps, x, ref, est, {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
+
+
+def _record(rows, res, name, k, n, m, p):
+  """Appends one row per timed implementation in `res` (seconds); returns (XLA bf16 seconds,
+  packed bytes, [(seconds, impl)] fastest first without XLA bf16)."""
+  base = res["xla_bf16"]
+  nbytes = p.codes.nbytes + p.scale.nbytes
+  for impl, sec in res.items():
+    rows.append(dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6,
+                     speedup_vs_bf16=base / sec, packed_tb_s=nbytes / sec / 1e12))
+  return base, nbytes, sorted((v, i) for i, v in res.items() if i != "xla_bf16")
+
+
 def gemv_candidates(n):
   """dp4a GEMV tile configs to time (the dispatcher's is added by the caller)."""
   G = gemv_dp4a.GemvConfig
@@ -372,12 +393,7 @@ def bench_gemv(shapes, ms, log):
   rows = []
   for name in shapes:
     for m in ms:
-      k, n, ps, x = _sweep_inputs(name, m)
-      wb = [unpack(q)[0].astype(jnp.bfloat16) for q in ps[:copies(2 * k * n)]]
-      ref = np.asarray(ternary_matmul(x, ps[0], quantize_x=True, implementation="xla"),
-                       np.float32)
-      est = k * n / 4 / 2e12
-      res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
+      k, n, ps, x, ref, est, res = _int8_case(name, m)
       chosen = config_lib.choose_gemv(m, n)
       mma = config_lib.choose(m, n, padded_rows(k), int8=True)
       for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
@@ -394,12 +410,7 @@ def bench_gemv(shapes, ms, log):
                                                out_dtype=jnp.bfloat16,
                                                interpret=off_gpu()),
           [(xq, amax, q) for q in ps], est)
-      base = res["xla_bf16"]
-      nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
-      for impl, sec in res.items():
-        rows.append(dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6,
-                         speedup_vs_bf16=base / sec, packed_tb_s=nbytes / sec / 1e12))
-      ranked = sorted((v, i) for i, v in res.items() if i != "xla_bf16")
+      base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
       log(f"  gemv {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
           for v, i in ranked[:5]) + "".join(
@@ -433,12 +444,7 @@ def bench_mgpu_2bit(shapes, ms, log):
   rows = []
   for name in shapes:
     for m in ms:
-      k, n, ps, x = _sweep_inputs(name, m)
-      wb = [unpack(q)[0].astype(jnp.bfloat16) for q in ps[:copies(2 * k * n)]]
-      ref = np.asarray(ternary_matmul(x, ps[0], quantize_x=True, implementation="xla"),
-                       np.float32)
-      est = max(k * n / 4 / 2e12, 2 * m * k * n / 400e12)
-      res = {"xla_bf16": timed(lambda x, w: x @ w, [(x, w) for w in wb], est)}
+      k, n, ps, x, ref, est, res = _int8_case(name, m)
       for c in [None] + mgpu_2bit_candidates(m, k, n):
         def f(x, p, c=c):
           return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
@@ -447,12 +453,7 @@ def bench_mgpu_2bit(shapes, ms, log):
                              f"mgpu2bit {name} m={m} {label}", log)
         if sec is not None:
           res[label] = sec
-      base = res["xla_bf16"]
-      nbytes = ps[0].codes.nbytes + ps[0].scale.nbytes
-      for impl, sec in res.items():
-        rows.append(dict(shape=name, k=k, n=n, m=m, impl=impl, us=sec * 1e6,
-                         speedup_vs_bf16=base / sec, packed_tb_s=nbytes / sec / 1e12))
-      ranked = sorted((v, i) for i, v in res.items() if i != "xla_bf16")
+      base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
       log(f"  mgpu2bit {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
           for v, i in ranked))
