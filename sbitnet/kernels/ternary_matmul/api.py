@@ -92,7 +92,8 @@ def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgp
   """The Mosaic GPU 2-bit kernel on x quantized per token to int8, N padded to its CTA rows."""
   if out_init is not None:
     raise ValueError("out_init does not apply to the Mosaic GPU 2-bit kernel (its interpret "
-                     "mode already fills the output with NaN before the kernel runs).")
+                     "mode already fills the output with NaN, or int32 max for split-K sums, "
+                     "before the kernel runs).")
   _check_hopper(config)
   n = p.codes.shape[0]
   np_ = _round_up(n, config.cta_n)
@@ -104,7 +105,8 @@ def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgp
 
 
 def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
-            config: pallas_triton.Config | gemv_dp4a.GemvConfig | None,
+            config: (pallas_triton.Config | gemv_dp4a.GemvConfig | two_bit_mgpu.TwoBitMgpuConfig
+                     | None),
             out_init: jax.Array | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]`, quantized per token to int8 first with `quantize_x`: the
   dp4a GEMV for int8 activations of one row (`config.gemv_wins`); on Hopper the Mosaic GPU kernel

@@ -108,7 +108,7 @@ def mgpu_2bit_wins(m: int, n: int, k: int) -> bool:
   at 16, 1.6x at 64-128); on the 3B gate/up projection (N = 22016) from M = 16 (1.1x at 16, 1.2x
   at 64, 1.4x at 128; 0.86x at 4); on the narrow 3B layers (N <= 2560) at M = 128 only (1.1-1.3x;
   at 64 within 2 % on q/k/v and o, 0.89x on down; slower below)."""
-  if not 2 <= m <= MGPU_2BIT_MAX_M:
+  if m > MGPU_2BIT_MAX_M:
     return False
   if k * n >= MGPU_2BIT_LARGE_WEIGHT:
     return m >= 4
