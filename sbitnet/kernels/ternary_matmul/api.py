@@ -113,8 +113,8 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   for int8 activations where it measured faster (`config.mgpu_2bit_wins`); otherwise the
   Triton-backend MMA kernel, which reads x as it is (masking rows and columns past the ends)."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
-  if config is None and quantize_x and out_init is None and not off_gpu() and on_hopper() and \
-      config_lib.mgpu_2bit_wins(m, n, p.in_features):
+  if (config is None and quantize_x and out_init is None and on_hopper()
+      and config_lib.mgpu_2bit_wins(m, n, p.in_features)):
     config = config_lib.choose_mgpu_2bit(m, n)
   if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
     if not quantize_x:

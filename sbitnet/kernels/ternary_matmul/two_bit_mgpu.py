@@ -125,11 +125,14 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
       pl.run_scoped,
       allocations=pipeline(unused, unused).get_allocations(codes_cta, x_cta),
       out_smem=plgpu.SMEM((c.warpgroups, tile_m, c.tile_n), out_gmem.dtype),
-      # One 128-byte aligned slot per warpgroup: TMA's shared-memory destination alignment.
-      offset_smem=plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.int32),
-      x_scale_smem=plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.float32),
-      col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32),
-      vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups),
+      # The epilogue's vectors (without a K split only), one 128-byte aligned slot per
+      # warpgroup: TMA's shared-memory destination alignment.
+      offset_smem=(plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.int32) if fused
+                   else None),
+      x_scale_smem=(plgpu.SMEM((c.warpgroups, max(tile_m, VECTOR_SLOT)), jnp.float32) if fused
+                    else None),
+      col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32) if fused else None,
+      vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups) if fused else None,
       # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
       plane_smem=(plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES), jnp.int8) if interpret
                   else None),
@@ -215,8 +218,8 @@ def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
     raise ValueError(
         f"{c} does not tile M={m}, N={n}, Kp={kp}: N must be a multiple of "
         f"warpgroups·tile_n (warpgroups 1 or 2, tile_n of 64), tile_m a multiple of "
-        f"{MIN_TILE_M} in [{MIN_TILE_M}, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide its {steps} steps of "
-        f"{STEP_K}, and stages >= 2.")
+        f"{MIN_TILE_M} in [{MIN_TILE_M}, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide "
+        f"its {steps} steps of {STEP_K}, and stages >= 2.")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret"))
