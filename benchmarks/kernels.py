@@ -1,7 +1,7 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
   python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|all]
-                               [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name]
+                               [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name] [--profile]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at one or
@@ -9,6 +9,7 @@ more rows beside the MMA kernel (each checked against XLA first); ceiling: a ker
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
+--profile (mgpu2bit): also traces the dispatcher's call and lists its kernels with GPU time each.
 
 Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
 one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
@@ -45,6 +46,7 @@ from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
+from profiling import device_time_summary  # noqa: E402  (benchmarks/profiling.py, beside this)
 
 # (name, K=in, N=out): Qwen2.5 projections (q/o, k/v, gate/up, down) and a 70B-class FFN.
 SHAPES = [
@@ -438,9 +440,10 @@ def mgpu_2bit_candidates(m, k, n):
   return cands
 
 
-def bench_mgpu_2bit(shapes, ms, log):
+def bench_mgpu_2bit(shapes, ms, log, profile=False):
   """Whole op with int8 activations: the Mosaic GPU 2-bit kernel over tile configs beside the
-  dispatcher's path and XLA bf16, each checked against XLA (bit-identical) first."""
+  dispatcher's path and XLA bf16, each checked against XLA (bit-identical) first; with `profile`
+  the dispatcher's kernels per call, each with its GPU time (a trace of 20 calls)."""
   rows = []
   for name in shapes:
     for m in ms:
@@ -454,6 +457,14 @@ def bench_mgpu_2bit(shapes, ms, log):
         if sec is not None:
           res[label] = sec
       base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
+      if profile:
+        op = jax.jit(lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas"))
+        trace = device_time_summary(lambda: op(x, ps[0]), calls=20, top=8)
+        rows[-1]["profile"] = trace
+        log(f"  mgpu2bit {name} m={m} dispatcher: {trace['kernels_per_call']:.0f} kernels, "
+            f"{trace['gpu0_busy_ms_per_call'] * 1e3:.1f} us busy per call: " + ", ".join(
+                f"{kname[:40]} {ms_ * 1e3:.1f} us" for ms_, _, kname in
+                trace["top_kernels_ms_per_call"]))
       log(f"  mgpu2bit {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
           for v, i in ranked))
@@ -654,6 +665,8 @@ def main():
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
   ap.add_argument("--tag", default="", help="output file suffix (default: the part)")
+  ap.add_argument("--profile", action="store_true",
+                  help="mgpu2bit: trace the dispatcher's call, list its kernels")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
@@ -687,7 +700,7 @@ def main():
     result["gemv"] = bench_gemv(sweep_shapes, ms, log)
   if args.part in ("mgpu2bit", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (16, 64, 128)
-    result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log)
+    result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log, args.profile)
   if args.part in ("ceiling", "all"):
     result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)
   if args.part in ("ceiling", "kernelonly", "all"):

@@ -89,7 +89,8 @@ def _check_hopper(config) -> None:
 
 def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgpuConfig,
                   out_dtype, out_init: jax.Array | None) -> jax.Array:
-  """The Mosaic GPU 2-bit kernel on x quantized per token to int8, N padded to its CTA rows."""
+  """The Mosaic GPU 2-bit kernel on x quantized per token to int8 (in the same pass as its
+  reordering, `quantize_planes`), N padded to its CTA rows."""
   if out_init is not None:
     raise ValueError("out_init does not apply to the Mosaic GPU 2-bit kernel (its interpret "
                      "mode already fills the output with NaN, or int32 max for split-K sums, "
@@ -97,10 +98,8 @@ def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgp
   _check_hopper(config)
   n = p.codes.shape[0]
   np_ = _round_up(n, config.cta_n)
-  xq, x_scale = absmax_int8(x)
-  y = two_bit_mgpu.matmul(xq, x_scale, _pad_to(p.codes, 0, np_, 0x55),
-                          _pad_to(p.scale, 0, np_), config=config, out_dtype=out_dtype,
-                          interpret=off_gpu())
+  y = two_bit_mgpu.matmul(x, _pad_to(p.codes, 0, np_, 0x55), _pad_to(p.scale, 0, np_),
+                          config=config, out_dtype=out_dtype, interpret=off_gpu())
   return y[:, :n]
 
 

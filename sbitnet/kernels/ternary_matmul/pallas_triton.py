@@ -91,7 +91,7 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def _divide(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
+def divide_rn(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
   """`a / b` in float32 rounded to nearest (IEEE, as XLA divides; on the GPU `div.rn.f32`, where
   Triton's own division may be approximate)."""
   if not asm:
@@ -106,7 +106,7 @@ def row_scale(amax: jax.Array, asm: bool) -> jax.Array:
   """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax) = 127 / max(amax, EPS)`, bit for
   bit."""
   one = jnp.ones_like(amax)
-  return _divide(one, _divide(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
+  return divide_rn(one, divide_rn(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
 
 
 def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,

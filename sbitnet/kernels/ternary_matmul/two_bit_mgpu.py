@@ -9,8 +9,8 @@ bytes per row. Each compute warpgroup loads its `[tile_n, 128]` block of them fr
 into registers in wgmma's 8-bit A-operand layout and takes plane q (the 2-bit field at bits
 2q..2q+1 of every byte, format v2) by bitwise ops in place (`_plane`: Mosaic GPU has no 8-bit
 shifts), so each plane is a register A operand of `wgmma.m64nMk32.s32.s8.s8` with no shared-memory
-round trip. Plane q of byte `32t + j` holds K row `128t + 32q + j`, so x is reordered per step
-(`plane_order`, XLA, fused into the quantization) to make plane q's rows one contiguous
+round trip. Plane q of byte `32t + j` holds K row `128t + 32q + j`, so x comes reordered per step
+(plane order, `quantize_planes`, which also quantizes it) to make plane q's rows one contiguous
 `[rows, 128]` block, the B operand (K-major, through a transposed view of x's tile). Planes keep
 their place value (`4^q · c` with c = t + 1 for q < 3, `-64 · t` for q = 3), so each has its own
 int32 accumulator and the epilogue combines them exactly; planes 0-2 multiply c rather than t, so
@@ -35,7 +35,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
+from sbitnet.kernels.ternary_matmul.pack import TILE_K
+from sbitnet.kernels.ternary_matmul.quantize_planes import STEP_BYTES, STEP_K, quantize_planes
 
 MEMORY_REGISTERS = 40
 # Rows of x per CTA at most: four int32 accumulators of [tile_n, rows] per warpgroup (one per
@@ -45,10 +46,6 @@ MAX_TILE_M = 64
 # misaligned address (H200, jax 0.11.2; not investigated further).
 MIN_TILE_M = 16
 VECTOR_SLOT = 32  # 4-byte elements: 128 bytes
-# K rows per pipeline step: four format tiles, so that a step's code bytes are 128 wide (one
-# 128-byte swizzle row) and each plane of them is a whole [rows, 128] wgmma A operand.
-STEP_K = 4 * TILE_K
-STEP_BYTES = STEP_K // 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,18 +194,6 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-def plane_order(xq: jax.Array, rows: int) -> jax.Array:
-  """xq `[M, K]` padded to `rows` rows and K to a multiple of STEP_K, its K reordered the way the
-  kernel's planes read it: within each step of STEP_K, column `128q + 32t + j` holds K row
-  `128t + 32q + j` (plane q of format tile t = 0..3), so that plane q of a step's `[n, 128]`
-  code bytes multiplies one contiguous `[M, 128]` block. XLA fuses this into the quantization."""
-  m, k = xq.shape
-  ks = -(-k // STEP_K) * STEP_K
-  x = jnp.pad(xq, ((0, rows - m), (0, ks - k)))
-  x = x.reshape(rows, ks // STEP_K, STEP_BYTES // PLANE_ROWS, 4, PLANE_ROWS)
-  return x.transpose(0, 1, 3, 2, 4).reshape(rows, ks)
-
-
 def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
   c = config
   steps = -(-kp // STEP_K)
@@ -231,9 +216,9 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   splits the int32 sums `[split_k, Mp, N]` that add up to `t @ xq.T + offset` (the caller
   finishes).
 
-  x_planes: int8 `[Mp, Ks]`, `plane_order(xq, Mp)` (Mp from `config.rows`, Ks: K padded to
-  STEP_K); codes: uint8 `[N, Kp / 4]` (format v2; on the GPU the last step's bytes past Kp are
-  TMA's zero fill); offset: int32 `[Mp]`, `offset(x_planes)`; x_scale float32 `[Mp]`;
+  x_planes, offset, x_scale: `quantize_planes(x, rows=Mp)` (Mp from `config.rows`): int8
+  `[Mp, Ks]` (Ks: Kp padded to STEP_K), int32 `[Mp]`, float32 `[Mp]`; codes: uint8 `[N, Kp / 4]`
+  (format v2; on the GPU the last step's bytes past Kp are TMA's zero fill);
   col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`). `interpret` runs
   Mosaic GPU interpret mode (CPU).
   """
@@ -243,7 +228,7 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   if (x_planes.dtype != jnp.int8 or codes.dtype != jnp.uint8 or rows != mp
       or ks != -(-kp // STEP_K) * STEP_K):
     raise ValueError(f"the Mosaic 2-bit kernel wants int8 x [Mp, Kp rounded up to {STEP_K}] "
-                     f"(plane_order, Mp from config.rows) and uint8 codes [N, Kp / 4], got "
+                     f"(quantize_planes, Mp from config.rows) and uint8 codes [N, Kp / 4], got "
                      f"{x_planes.dtype} {tuple(x_planes.shape)} and {codes.dtype} "
                      f"{tuple(codes.shape)}.")
   check_tiles(mp, n, kp, config)
@@ -267,27 +252,17 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
                 x_scale.astype(jnp.float32), col_scale.astype(jnp.float32))
 
 
-def offset(x_planes: jax.Array) -> jax.Array:
-  """int32 `[Mp]`: what the kernel's sums exceed `t @ xq.T` by, the sum of x over planes 0-2
-  (those multiply c = t + 1; plane 3 multiplies t itself)."""
-  mp, ks = x_planes.shape
-  blocks = x_planes.reshape(mp, ks // STEP_K, 4, STEP_BYTES)
-  return blocks[:, :, :3].sum((1, 2, 3), dtype=jnp.int32)
+def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, config: TwoBitMgpuConfig,
+           out_dtype, interpret: bool = False) -> jax.Array:
+  """`(xq @ t.T) * x_scale * col_scale` as out_dtype `[M, N]` for `xq, x_scale = absmax_int8(x)`,
+  bit-identical to `reference.matmul_int8` cast to out_dtype (exact int32 sums, the same float32
+  products).
 
-
-def matmul(xq: jax.Array, x_scale: jax.Array, codes: jax.Array, col_scale: jax.Array, *,
-           config: TwoBitMgpuConfig, out_dtype, interpret: bool = False) -> jax.Array:
-  """`(xq @ t.T) * x_scale * col_scale` as out_dtype `[M, N]`, bit-identical to
-  `reference.matmul_int8` cast to out_dtype (exact int32 sums, the same float32 products).
-
-  xq: int8 `[M, K]`; x_scale: float32 `[M, 1]`; codes: uint8 `[N, Kp / 4]`; col_scale: float32
-  `[N]`. N must be a multiple of the config's CTA rows.
+  x: float `[M, K]`; codes: uint8 `[N, Kp / 4]`; col_scale: float32 `[N]`. N must be a multiple
+  of the config's CTA rows.
   """
-  m = xq.shape[0]
-  rows = config.rows(m)[1]
-  x_planes = plane_order(xq, rows)
-  off = offset(x_planes)
-  x_scale = jnp.pad(x_scale[:, 0], (0, rows - m))
+  m = x.shape[0]
+  x_planes, x_scale, off = quantize_planes(x, rows=config.rows(m)[1], interpret=interpret)
   parts = matmul_codes(x_planes, codes, off, x_scale, col_scale, config=config,
                        out_dtype=out_dtype, interpret=interpret)
   if config.split_k == 1:
