@@ -9,7 +9,8 @@ more rows beside the MMA kernel (each checked against XLA first); ceiling: a ker
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
---profile (mgpu2bit): also traces the dispatcher's call and lists its kernels with GPU time each.
+--profile (decode, large): also traces the dispatcher's int8 call (pallas_int8) and lists its
+kernels with their GPU time.
 
 Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
 one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
@@ -203,7 +204,7 @@ def _poison_for(m, k, n, quantize_x):
 
 # ---------------------------------------------------------------- timings
 
-def bench_matmul(name, k, n, ms, log, peaks):
+def bench_matmul(name, k, n, ms, log, peaks, profile=False):
   rows = []
   t, gamma = _ternary(jax.random.key(k * 7 + n), k, n)
   p = pack(t, gamma)
@@ -281,6 +282,14 @@ def bench_matmul(name, k, n, ms, log, peaks):
       rows.append(row)
     log(f"  {name:10s} m={m:5d} " + " ".join(
         f"{i}={v * 1e6:8.1f}us" for i, v in res.items()))
+    if profile and "pallas_int8" in res:
+      op = jax.jit(impls["pallas_int8"][0])
+      trace = device_time_summary(lambda: op(x, p), calls=20, top=8)
+      next(r for r in rows if r["m"] == m and r["impl"] == "pallas_int8")["profile"] = trace
+      log(f"    pallas_int8 profile: {trace['kernels_per_call']:.0f} kernels, "
+          f"{trace['gpu0_busy_ms_per_call'] * 1e3:.1f} us busy per call: " + ", ".join(
+              f"{kname[:48]} {ms_ * 1e3:.1f} us" for ms_, _, kname in
+              trace["top_kernels_ms_per_call"]))
   return rows
 
 
@@ -440,10 +449,9 @@ def mgpu_2bit_candidates(m, k, n):
   return cands
 
 
-def bench_mgpu_2bit(shapes, ms, log, profile=False):
+def bench_mgpu_2bit(shapes, ms, log):
   """Whole op with int8 activations: the Mosaic GPU 2-bit kernel over tile configs beside the
-  dispatcher's path and XLA bf16, each checked against XLA (bit-identical) first; with `profile`
-  the dispatcher's kernels per call, each with its GPU time (a trace of 20 calls)."""
+  dispatcher's path and XLA bf16, each checked against XLA (bit-identical) first."""
   rows = []
   for name in shapes:
     for m in ms:
@@ -457,14 +465,6 @@ def bench_mgpu_2bit(shapes, ms, log, profile=False):
         if sec is not None:
           res[label] = sec
       base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
-      if profile:
-        op = jax.jit(lambda x, p: ternary_matmul(x, p, quantize_x=True, implementation="pallas"))
-        trace = device_time_summary(lambda: op(x, ps[0]), calls=20, top=8)
-        rows[-1]["profile"] = trace
-        log(f"  mgpu2bit {name} m={m} dispatcher: {trace['kernels_per_call']:.0f} kernels, "
-            f"{trace['gpu0_busy_ms_per_call'] * 1e3:.1f} us busy per call: " + ", ".join(
-                f"{kname[:40]} {ms_ * 1e3:.1f} us" for ms_, _, kname in
-                trace["top_kernels_ms_per_call"]))
       log(f"  mgpu2bit {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
           for v, i in ranked))
@@ -666,7 +666,7 @@ def main():
   ap.add_argument("--skip-checks", action="store_true")
   ap.add_argument("--tag", default="", help="output file suffix (default: the part)")
   ap.add_argument("--profile", action="store_true",
-                  help="mgpu2bit: trace the dispatcher's call, list its kernels")
+                  help="decode, large: trace the dispatcher's int8 call, list its kernels")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
@@ -700,7 +700,7 @@ def main():
     result["gemv"] = bench_gemv(sweep_shapes, ms, log)
   if args.part in ("mgpu2bit", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (16, 64, 128)
-    result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log, args.profile)
+    result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log)
   if args.part in ("ceiling", "all"):
     result["ceiling"] = bench_ceiling(sweep_shapes, log, peaks)
   if args.part in ("ceiling", "kernelonly", "all"):
@@ -711,7 +711,7 @@ def main():
     ms = [int(v) for v in args.ms.split(",")] if args.ms else ms
     rows = []
     for name, k, n in shapes:
-      rows += bench_matmul(name, k, n, ms, log, peaks)
+      rows += bench_matmul(name, k, n, ms, log, peaks, args.profile)
     result["matmul"] = rows
   if args.part in ("fused", "all"):
     result["fused"] = bench_fused(log)
