@@ -100,9 +100,13 @@ def absmax_int8(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
   Returns `(q, scale)`: `q` int8 shaped like `x`, `scale` float32 with `axis` kept as size 1,
   `s = 127 / max(max|x|, eps)`, `q = clip(round(x * s), -128, 127)`, `scale = 1 / s`, so that
   `x ≈ q * scale`.
+
+  `s` passes an optimization barrier before `1 / s`: under jit XLA otherwise rewrites
+  `1 / (127 / a)` as `a * (1 / 127)`, which rounds differently (every one of 512 rows on an H200,
+  jax 0.11.2), so the jitted scale differed from the eager one and from the kernels'.
   """
   q, amax = absmax_int8_with_absmax(x, axis)
-  return q, 1.0 / absmax_multiplier(amax)
+  return q, 1.0 / jax.lax.optimization_barrier(absmax_multiplier(amax))
 
 
 def quantize_activations(x: jax.Array, bits: int = 8, axis: int = -1) -> jax.Array:

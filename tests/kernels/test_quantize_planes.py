@@ -47,7 +47,7 @@ def test_quantize_planes_lowers_for_the_gpu_and_checks_its_inputs():
   quantize = functools.partial(qp.quantize_planes, rows=48, asm=True)
   text = jax.jit(quantize).trace(jax.ShapeDtypeStruct((37, 28672), jnp.bfloat16)).lower(
       lowering_platforms=("cuda",)).as_text()
-  assert "xla.gpu.triton" in text and "cvt.rni.s32.f32" in text and "div.rn.f32" in text
+  assert "xla.gpu.triton" in text and "cvt.rni.s32.f32" in text and "div.full.f32" in text
   with pytest.raises(ValueError, match="K <= 32768 and rows >= M, got bfloat16 \\(4, 33000\\)"):
     qp.quantize_planes(jnp.zeros((4, 33000), jnp.bfloat16), rows=4)
   with pytest.raises(ValueError, match="rows=3"):

@@ -91,13 +91,16 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def divide_rn(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
-  """`a / b` in float32 rounded to nearest (IEEE, as XLA divides; on the GPU `div.rn.f32`, where
-  Triton's own division may be approximate)."""
+def divide_as_xla(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
+  """`a / b` in float32 as XLA divides on the same backend, so that the kernels' scales stay
+  bit-identical to the XLA path's: on NVIDIA GPUs XLA lowers float32 division to `div.full.f32`
+  (LLVM's `-nvptx-prec-divf32=1`: within 2 ulp, not IEEE; on an H200 28 % of `127 / v` quotients
+  differed from IEEE), so the kernel issues the same instruction; interpret mode divides as XLA
+  on the CPU does (IEEE)."""
   if not asm:
     return a / b
   [r] = pltriton.elementwise_inline_asm(
-      "div.rn.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
+      "div.full.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(b.shape, jnp.float32)])
   return r
 
@@ -106,7 +109,7 @@ def row_scale(amax: jax.Array, asm: bool) -> jax.Array:
   """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax) = 127 / max(amax, EPS)`, bit for
   bit."""
   one = jnp.ones_like(amax)
-  return divide_rn(one, divide_rn(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
+  return divide_as_xla(one, divide_as_xla(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
 
 
 def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,

@@ -28,7 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
-from sbitnet.kernels.ternary_matmul.pallas_triton import divide_rn
+from sbitnet.kernels.ternary_matmul.pallas_triton import divide_as_xla
 from sbitnet.ops.quantizers import EPS
 
 # K rows per step of the Mosaic 2-bit kernel: four format tiles, so that a step's code bytes are
@@ -66,8 +66,8 @@ def _kernel(x_ref, q_ref, scale_ref, offset_ref, *, width: int, asm: bool):
   columns = _source_columns(width)
   x = pltriton.load(x_ref.at[jnp.minimum(row, m - 1), columns], mask=(columns < k) & real,
                     other=0).astype(jnp.float32)
-  s = divide_rn(jnp.full((1,), 127.0, jnp.float32),
-              jnp.maximum(jnp.max(jnp.abs(x)), EPS)[None], asm)
+  s = divide_as_xla(jnp.full((1,), 127.0, jnp.float32),
+                    jnp.maximum(jnp.max(jnp.abs(x)), EPS)[None], asm)
   if not asm:  # keep XLA from rewriting 1 / (127 / a) as a · (1 / 127), which rounds otherwise
     s = jax.lax.optimization_barrier(s)
   q = jnp.clip(_round(x * s, asm), -128, 127)
@@ -75,7 +75,7 @@ def _kernel(x_ref, q_ref, scale_ref, offset_ref, *, width: int, asm: bool):
   low_planes = place % STEP_K < 3 * STEP_BYTES
   offset = jnp.sum(jnp.where(low_planes, q, 0))
   pltriton.store(q_ref.at[row, pl.ds(0, width)], q.astype(jnp.int8), mask=place < ks)
-  scale = jnp.where(real, divide_rn(jnp.ones_like(s), s, asm), 0.0)
+  scale = jnp.where(real, divide_as_xla(jnp.ones_like(s), s, asm), 0.0)
   pltriton.store(scale_ref.at[pl.ds(row, 1)], scale)
   pltriton.store(offset_ref.at[pl.ds(row, 1)], offset[None])
 
