@@ -46,7 +46,8 @@ from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu
                                            pallas_triton, two_bit_mgpu)
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
-from sbitnet.ops import absmax_int8, absmax_int8_with_absmax  # noqa: E402
+from sbitnet.kernels.ternary_matmul.quantize_rows import quantize_rows  # noqa: E402
+from sbitnet.ops import absmax_int8  # noqa: E402
 from profiling import device_time_summary  # noqa: E402  (benchmarks/profiling.py, beside this)
 
 # (name, K=in, N=out): Qwen2.5 projections (q/o, k/v, gate/up, down) and a 70B-class FFN.
@@ -415,12 +416,12 @@ def bench_gemv(shapes, ms, log):
                              f"gemv {name} m={m} {label}", log)
         if sec is not None:
           res[label + (" (default)" if c == chosen else "")] = sec
-      xq, amax = absmax_int8_with_absmax(x)
+      xq, scale, total = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
       res["gemv kernel alone (default)"] = timed(
-          lambda xq, amax, p: gemv_dp4a.matmul(xq, amax[:, 0], p.codes, p.scale, config=chosen,
-                                               out_dtype=jnp.bfloat16,
-                                               interpret=off_gpu()),
-          [(xq, amax, q) for q in ps], est)
+          lambda xq, scale, total, p: gemv_dp4a.matmul(xq, scale, total, p.codes, p.scale,
+                                                       config=chosen, out_dtype=jnp.bfloat16,
+                                                       interpret=off_gpu()),
+          [(xq, scale, total, q) for q in ps], est)
       base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
       log(f"  gemv {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
@@ -543,14 +544,15 @@ def bench_kernel_only(shapes, m, log):
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[1] * 4, quantize_x)
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
-      xq, amax = absmax_int8_with_absmax(x) if quantize_x else (x, None)
+      xq, scale = (quantize_rows(x, rows=m, plane_order=False, interpret=not on_gpu)[:2]
+                   if quantize_x else (x, None))
       res = {}
       for asm in (True, False)[not on_gpu:]:
         res[f"kernel_asm={asm}"] = timed(
-            lambda xq, amax, p, asm=asm: pallas_triton.matmul(
-                xq, p.codes, p.scale, row_absmax=None if amax is None else amax[:, 0], config=c,
-                out_dtype=dt, asm=asm, interpret=not on_gpu),
-            [(xq, amax, q) for q in ps], k * n / 4 / 2e12)
+            lambda xq, scale, p, asm=asm: pallas_triton.matmul(
+                xq, p.codes, p.scale, row_scale=scale, config=c, out_dtype=dt, asm=asm,
+                interpret=not on_gpu),
+            [(xq, scale, q) for q in ps], k * n / 4 / 2e12)
       res["whole_op"] = timed(lambda x, p: ternary_matmul(x, p, quantize_x=quantize_x,
                                                           implementation="pallas"),
                               [(x, q) for q in ps], k * n / 4 / 2e12)

@@ -233,7 +233,8 @@ def test_gemv_dp4a_model_is_the_byte_dot_product():
 def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
   """The inline-PTX variant (interpret mode runs jnp instead) lowered to Triton IR on the CPU."""
   args = [jax.ShapeDtypeStruct((3, 712), jnp.int8), jax.ShapeDtypeStruct((3,), jnp.float32),
-          jax.ShapeDtypeStruct((96, 192), jnp.uint8), jax.ShapeDtypeStruct((96,), jnp.float32)]
+          jax.ShapeDtypeStruct((3,), jnp.int32), jax.ShapeDtypeStruct((96, 192), jnp.uint8),
+          jax.ShapeDtypeStruct((96,), jnp.float32)]
   matmul = functools.partial(gemv_dp4a.matmul, config=GemvConfig(block_n=8, block_w=64),
                              out_dtype=jnp.bfloat16, asm=True)
   text = jax.jit(matmul).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
@@ -248,8 +249,9 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
     ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                    config=GemvConfig(block_n=16, block_w=4))
   with pytest.raises(ValueError, match="xq must be int8"):
-    gemv_dp4a.matmul(jnp.zeros((1, 128), jnp.float32), jnp.ones(1), p.codes, p.scale,
-                     config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16, interpret=True)
+    gemv_dp4a.matmul(jnp.zeros((1, 128), jnp.float32), jnp.ones(1), jnp.zeros(1, jnp.int32),
+                     p.codes, p.scale, config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16,
+                     interpret=True)
 
 
 @pytest.mark.parametrize("k,n", [(896, 128), (896, 896), (2048, 2048), (2048, 11008),
@@ -496,6 +498,7 @@ def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkey
   monkeypatch.setattr(api, "_two_bit_mgpu", lambda x, p, config, *_: taken.append(config))
   monkeypatch.setattr(api.pallas_triton, "matmul", lambda *_, config, **__: taken.append(config))
   monkeypatch.setattr(api, "_product", lambda parts, m, n: None)
+  monkeypatch.setattr(api, "quantize_rows", lambda x, **_: (x, None, None))
   x, _, _, p = _case(19, 128, 256, 128, (2, 4))
   api._pallas(x, p, True, x.dtype, None, None)
   api._pallas(x[:16], p, True, x.dtype, None, None)

@@ -11,7 +11,8 @@ from sbitnet.kernels.ternary_matmul import config as config_lib
 from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu, pallas_triton,
                                            reference, two_bit_mgpu)
 from sbitnet.kernels.ternary_matmul.pack import PackedTernary, check_packed
-from sbitnet.ops import absmax_int8, absmax_int8_with_absmax
+from sbitnet.kernels.ternary_matmul.quantize_rows import quantize_rows
+from sbitnet.ops import absmax_int8
 
 IMPLEMENTATIONS = ("xla", "pallas")
 PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -90,7 +91,7 @@ def _check_hopper(config) -> None:
 def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgpuConfig,
                   out_dtype, out_init: jax.Array | None) -> jax.Array:
   """The Mosaic GPU 2-bit kernel on x quantized per token to int8 (in the same pass as its
-  reordering, `quantize_planes`), N padded to its CTA rows."""
+  reordering, `quantize_rows`), N padded to its CTA rows."""
   if out_init is not None:
     raise ValueError("out_init does not apply to the Mosaic GPU 2-bit kernel (its interpret "
                      "mode already fills the output with NaN, or int32 max for split-K sums, "
@@ -135,14 +136,13 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
       raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
                        f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
                        f"split_k={c.split_k} positive.")
-  row_absmax = None
+  row_scale = None
   if quantize_x:
-    x, row_absmax = absmax_int8_with_absmax(x)
-    row_absmax = row_absmax[:, 0]
+    x, row_scale, row_sum = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
   if gemv:
-    return gemv_dp4a.matmul(x, row_absmax, codes, col_scale, config=c, out_dtype=out_dtype,
-                            interpret=off_gpu(), out_init=out_init)[:, :n]
-  parts = pallas_triton.matmul(x, codes, col_scale, row_absmax=row_absmax, config=c,
+    return gemv_dp4a.matmul(x, row_scale, row_sum, codes, col_scale, config=c,
+                            out_dtype=out_dtype, interpret=off_gpu(), out_init=out_init)[:, :n]
+  parts = pallas_triton.matmul(x, codes, col_scale, row_scale=row_scale, config=c,
                                out_dtype=_part_dtype(c, out_dtype),
                                interpret=off_gpu(), out_init=out_init)
   return _product(parts, m, n)

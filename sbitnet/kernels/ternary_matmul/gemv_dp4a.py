@@ -15,8 +15,8 @@ offset w (bytes 4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the code
 
 where `x_q` is x's word at `32 i + 8 q + w` (the kernel loads x's words as they lie, `x_words`:
 plane q of a step is a `[tiles, 8]` view of them), and the epilogue applies `x @ t = x @ c - sum(x)`
-(c = t + 1, exact in int32) and both scales. Per 16 weights: 7 shift/and instructions, then 4
-dp4a per row; no shared memory or MMA layout in between.
+(c = t + 1, exact in int32; sum(x) from `quantize_rows`) and both scales. Per 16 weights: 7
+shift/and instructions, then 4 dp4a per row; no shared memory or MMA layout in between.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
-from sbitnet.kernels.ternary_matmul.pallas_triton import call, row_scale
+from sbitnet.kernels.ternary_matmul.pallas_triton import call
 
 WORD_WEIGHTS = 16  # 2-bit codes per 32-bit word
 PLANE_WORDS = PLANE_ROWS // 4  # code words per format tile = int8 x words per plane of a tile
@@ -83,16 +83,14 @@ def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: boo
   return out
 
 
-def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
+def _kernel(x_ref, w_ref, rs_ref, sum_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
   """x_ref: `x_words` `[M, tiles, 32]`. Output columns `[j * block_n, (j + 1) * block_n)` of every
-  row; words past the end of the codes load as zeros (code 0 contributes nothing to x @ c).
-  sum(x) comes from the same x words (dp4a with bytes of 1), per program."""
+  row; words past the end of the codes load as zeros (code 0 contributes nothing to x @ c)."""
   j = pl.program_id(0)
   (m, tiles, _), (bn, words) = x_ref.shape, w_ref.shape
   tiles_per_step = block_w // PLANE_WORDS
-  ones = [jnp.full((1, block_w), 0x01010101, jnp.int32)] * 4
 
-  def step(s, carry):
+  def step(s, accs):
     ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < words
     planes = _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0),
                      asm)
@@ -100,34 +98,33 @@ def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
     tile_ok = tile + jax.lax.broadcasted_iota(
         jnp.int32, (1, tiles_per_step, PLANE_WORDS), 1) < tiles
     new = []
-    for r, (acc, x_acc) in enumerate(carry):
+    for r, acc in enumerate(accs):
       # Plane q of each tile is x's words 8q .. 8q + 7 of that tile: a strided view, no copy.
       xs = [pltriton.load(x_ref.at[pl.ds(r, 1), pl.ds(tile, tiles_per_step),
                                    pl.ds(q * PLANE_WORDS, PLANE_WORDS)],
                           mask=tile_ok, other=0).reshape(1, block_w) for q in range(4)]
-      new.append((_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in xs], acc, asm),
-                  _dp4a(ones, xs, x_acc, asm)))
+      new.append(_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in xs], acc, asm))
     return tuple(new)
 
-  zeros = jnp.zeros((bn, block_w), jnp.int32), jnp.zeros((1, block_w), jnp.int32)
-  carry = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * m)
+  zeros = jnp.zeros((bn, block_w), jnp.int32)
+  accs = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * m)
   col_scale = cs_ref[...]
-  for r, (acc, x_acc) in enumerate(carry):
+  for r, acc in enumerate(accs):
     one = pl.ds(r, 1)
-    dot = jnp.sum(acc, axis=1) - jnp.sum(x_acc, axis=1)
-    y = dot.astype(jnp.float32) * row_scale(pltriton.load(amax_ref.at[one]), asm) * col_scale
+    dot = jnp.sum(acc, axis=1) - pltriton.load(sum_ref.at[one])
+    y = dot.astype(jnp.float32) * pltriton.load(rs_ref.at[one]) * col_scale
     pltriton.store(o_ref.at[one, pl.ds(j * bn, bn)], y.astype(o_ref.dtype)[None, :])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
-def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: jax.Array, *,
-           config: GemvConfig, out_dtype, interpret: bool = False, asm: bool | None = None,
-           out_init: jax.Array | None = None) -> jax.Array:
+def matmul(xq: jax.Array, row_scale: jax.Array, row_sum: jax.Array, codes: jax.Array,
+           col_scale: jax.Array, *, config: GemvConfig, out_dtype, interpret: bool = False,
+           asm: bool | None = None, out_init: jax.Array | None = None) -> jax.Array:
   """`(xq @ t) * row_scale[:, None] * col_scale[None, :]` for a few rows.
 
-  xq: int8 `[M, K]` from `absmax_int8_with_absmax` and row_absmax float32 `[M]` its `amax` (the
-  kernel computes `absmax_int8`'s scale from it bit for bit); codes: uint8 `[N, Kp / 4]` (format
-  v2), N a multiple of `block_n`; col_scale: float32 `[N]`. Returns `[M, N]` of `out_dtype`.
+  xq, row_scale, row_sum: `quantize_rows(x, rows=M, plane_order=False)`: int8 `[M, K]`, float32
+  `[M]` and int32 `[M]` (the sum of each row of xq); codes: uint8 `[N, Kp / 4]` (format v2), N a
+  multiple of `block_n`; col_scale: float32 `[N]`. Returns `[M, N]` of `out_dtype`.
   asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp).
   `out_init`, if given, is the output buffer (aliased): tiles the kernel fails to write keep it.
   """
@@ -146,7 +143,7 @@ def matmul(xq: jax.Array, row_absmax: jax.Array, codes: jax.Array, col_scale: ja
                              asm=not interpret if asm is None else asm)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
-              pl.BlockSpec((c.block_n,), lambda j: (j,))]
-  return call(kernel, [x_words(xq, kp), words, row_absmax, col_scale], in_specs, whole,
+              whole, pl.BlockSpec((c.block_n,), lambda j: (j,))]
+  return call(kernel, [x_words(xq, kp), words, row_scale, row_sum, col_scale], in_specs, whole,
               jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // c.block_n,), config=c,
               interpret=interpret, out_init=out_init)

@@ -26,7 +26,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
-from sbitnet.ops.quantizers import EPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,30 +90,9 @@ def _correction(acc_dtype) -> tuple[int, int]:
   return (1, 1) if acc_dtype == jnp.int32 else (4, 5)
 
 
-def divide_as_xla(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
-  """`a / b` in float32 as XLA divides on the same backend, so that the kernels' scales stay
-  bit-identical to the XLA path's: on NVIDIA GPUs XLA lowers float32 division to `div.full.f32`
-  (LLVM's `-nvptx-prec-divf32=1`: within 2 ulp, not IEEE; on an H200 28 % of `127 / v` quotients
-  differed from IEEE), so the kernel issues the same instruction; interpret mode divides as XLA
-  on the CPU does (IEEE)."""
-  if not asm:
-    return a / b
-  [r] = pltriton.elementwise_inline_asm(
-      "div.full.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
-      result_shape_dtypes=[jax.ShapeDtypeStruct(b.shape, jnp.float32)])
-  return r
-
-
-def row_scale(amax: jax.Array, asm: bool) -> jax.Array:
-  """`absmax_int8`'s scale `1 / s`, `s = absmax_multiplier(amax) = 127 / max(amax, EPS)`, bit for
-  bit."""
-  one = jnp.ones_like(amax)
-  return divide_as_xla(one, divide_as_xla(127.0 * one, jnp.maximum(amax, EPS), asm), asm)
-
-
-def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
+def _kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, *, block_m: int, tiles: int, acc_dtype,
             asm: bool, swap_ab: bool):
-  """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row absmax (None for
+  """One `[block_m, block_n]` output tile of K split `program_id(2)`. x, the row scale (None for
   float x) and the output are whole arrays (no padding): rows past M and columns past K load as
   zeros, and only rows below M are stored."""
   j, i, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -147,23 +125,22 @@ def _kernel(x_ref, w_ref, amax_ref, cs_ref, o_ref, *, block_m: int, tiles: int, 
   a, b = _correction(acc_dtype)
   acc = a * (acc.T if swap_ab else acc) - b * jnp.sum(x_acc, axis=1)[:, None]
   y = acc.astype(jnp.float32)
-  if amax_ref is not None:
-    y *= row_scale(pltriton.load(amax_ref.at[rows], mask=row_ok, other=1.0), asm)[:, None]
+  if rs_ref is not None:
+    y *= pltriton.load(rs_ref.at[rows], mask=row_ok, other=1.0)[:, None]
   y *= cs_ref[...][None, :]
   pltriton.store(o_ref.at[split, rows, pl.ds(j * bn, bn)], y.astype(o_ref.dtype),
                  mask=row_ok[:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
-def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, row_absmax: jax.Array | None,
+def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, row_scale: jax.Array | None,
            config: Config, out_dtype, interpret: bool = False, asm: bool | None = None,
            out_init: jax.Array | None = None) -> jax.Array:
   """Partial products `out[s] = (x @ t[K-split s]) * row_scale[:, None] * col_scale[None, :]`.
 
-  x: bf16/f16, or int8 from `absmax_int8_with_absmax`, `[M, K]` (any M, K <= Kp: no padding
-  needed); codes: uint8 `[N, Kp / 4]` (format v2), N a multiple of `block_n`; col_scale: float32
-  `[N]`; row_absmax: float32 `[M]`, the int8 activations' `amax`, from which the kernel computes
-  `absmax_int8`'s scale bit for bit (so no XLA pass computes it per call), or None (row_scale 1).
+  x: bf16/f16, or int8 from `quantize_rows` (natural order), `[M, K]` (any M, K <= Kp: no
+  padding needed); codes: uint8 `[N, Kp / 4]` (format v2), N a multiple of `block_n`; col_scale:
+  float32 `[N]`; row_scale: float32 `[M]`, the int8 activations' scale, or None (float x).
   asm: decode planes with inline PTX (default: unless interpreting).
   Returns `[split_k, M, N]` of `out_dtype` (sum over axis 0 for the product). `out_init`, if given,
   is the output buffer (aliased), so tiles the kernel fails to write keep its contents.
@@ -180,17 +157,17 @@ def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, row_absmax: 
   args = [x, codes, col_scale]
   in_specs = [whole, pl.BlockSpec((c.block_n, nbytes), lambda j, i, s: (j, 0)),
               pl.BlockSpec((c.block_n,), lambda j, i, s: (j,))]
-  if row_absmax is None:
-    kernel = functools.partial(_without_row_absmax, kernel)
+  if row_scale is None:
+    kernel = functools.partial(_without_row_scale, kernel)
   else:
-    args.insert(2, row_absmax)
+    args.insert(2, row_scale)
     in_specs.insert(2, whole)
   return call(kernel, args, in_specs, whole, jax.ShapeDtypeStruct((c.split_k, m, n), out_dtype),
               grid=(n // c.block_n, -(-m // c.block_m), c.split_k), config=c,
               interpret=interpret, out_init=out_init)
 
 
-def _without_row_absmax(kernel, x_ref, w_ref, cs_ref, o_ref):
+def _without_row_scale(kernel, x_ref, w_ref, cs_ref, o_ref):
   kernel(x_ref, w_ref, None, cs_ref, o_ref)
 
 

@@ -10,7 +10,7 @@ into registers in wgmma's 8-bit A-operand layout and takes plane q (the 2-bit fi
 2q..2q+1 of every byte, format v2) by bitwise ops in place (`_plane`: Mosaic GPU has no 8-bit
 shifts), so each plane is a register A operand of `wgmma.m64nMk32.s32.s8.s8` with no shared-memory
 round trip. Plane q of byte `32t + j` holds K row `128t + 32q + j`, so x comes reordered per step
-(plane order, `quantize_planes`, which also quantizes it) to make plane q's rows one contiguous
+(plane order, `quantize_rows`, which also quantizes it) to make plane q's rows one contiguous
 `[rows, 128]` block, the B operand (K-major, through a transposed view of x's tile). Planes keep
 their place value (`4^q · c` with c = t + 1 for q < 3, `-64 · t` for q = 3), so each has its own
 int32 accumulator and the epilogue combines them exactly; planes 0-2 multiply c rather than t, so
@@ -36,7 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from sbitnet.kernels.ternary_matmul.pack import TILE_K
-from sbitnet.kernels.ternary_matmul.quantize_planes import STEP_BYTES, STEP_K, quantize_planes
+from sbitnet.kernels.ternary_matmul.quantize_rows import STEP_BYTES, STEP_K, quantize_rows
 
 MEMORY_REGISTERS = 40
 # Rows of x per CTA at most: four int32 accumulators of [tile_n, rows] per warpgroup (one per
@@ -216,10 +216,10 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   splits the int32 sums `[split_k, Mp, N]` that add up to `t @ xq.T + offset` (the caller
   finishes).
 
-  x_planes, offset, x_scale: `quantize_planes(x, rows=Mp)` (Mp from `config.rows`): int8
-  `[Mp, Ks]` (Ks: Kp padded to STEP_K), int32 `[Mp]`, float32 `[Mp]`; codes: uint8 `[N, Kp / 4]`
-  (format v2; on the GPU the last step's bytes past Kp are TMA's zero fill);
-  col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`). `interpret` runs
+  x_planes, x_scale, offset: `quantize_rows(x, rows=Mp, plane_order=True)` (Mp from
+  `config.rows`): int8 `[Mp, Ks]` (Ks: Kp padded to STEP_K), float32 `[Mp]`, int32 `[Mp]`;
+  codes: uint8 `[N, Kp / 4]` (format v2; on the GPU the last step's bytes past Kp are TMA's zero
+  fill); col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`). `interpret` runs
   Mosaic GPU interpret mode (CPU).
   """
   (mp, ks), (n, nbytes) = x_planes.shape, codes.shape
@@ -228,7 +228,7 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   if (x_planes.dtype != jnp.int8 or codes.dtype != jnp.uint8 or rows != mp
       or ks != -(-kp // STEP_K) * STEP_K):
     raise ValueError(f"the Mosaic 2-bit kernel wants int8 x [Mp, Kp rounded up to {STEP_K}] "
-                     f"(quantize_planes, Mp from config.rows) and uint8 codes [N, Kp / 4], got "
+                     f"(quantize_rows, Mp from config.rows) and uint8 codes [N, Kp / 4], got "
                      f"{x_planes.dtype} {tuple(x_planes.shape)} and {codes.dtype} "
                      f"{tuple(codes.shape)}.")
   check_tiles(mp, n, kp, config)
@@ -262,7 +262,8 @@ def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, config: TwoB
   of the config's CTA rows.
   """
   m = x.shape[0]
-  x_planes, x_scale, off = quantize_planes(x, rows=config.rows(m)[1], interpret=interpret)
+  x_planes, x_scale, off = quantize_rows(x, rows=config.rows(m)[1], plane_order=True,
+                                        interpret=interpret)
   parts = matmul_codes(x_planes, codes, off, x_scale, col_scale, config=config,
                        out_dtype=out_dtype, interpret=interpret)
   if config.split_k == 1:

@@ -1,0 +1,151 @@
+"""Pallas (Triton backend): one pass that prepares int8 activations for the 2-bit kernels.
+
+Per row r of x `[M, K]` (float), bit for bit as `absmax_int8` computes them (XLA):
+
+  amax = max_k |x[r, k]|,   s = 127 / max(amax, EPS),   q = clip(round(x[r] · s), -128, 127)
+  scale[r] = 1 / s,   offset[r] = a sum of q (below)
+
+written in one of two layouts:
+- natural (the Triton-backend kernels): q as `[M, K]`, offset = the sum of q over all of K;
+- plane order (the Mosaic GPU kernel): K zero-padded to a multiple of STEP_K and, within each step
+  of STEP_K rows, column `128q + 32t + j` holding K row `128t + 32q + j` (plane q of format tile
+  t = 0..3), so that plane q of a step's `[n, 128]` code bytes multiplies one contiguous
+  `[M, 128]` block of x; offset = the sum of q over planes 0-2, which multiply c = t + 1 instead
+  of t there.
+
+In XLA that is two or three kernels per call (the absmax reduction, the quantization with any
+reordering, the offset reduction), each a launch of a few microseconds at decode sizes; here it is
+one. Each program holds one whole row in registers (up to MAX_WIDTH columns; longer rows take a
+second pass), loading it already in its output order (a gather of 32-element runs). Rows past M (up to `rows`) come
+out zero, with scale 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
+from sbitnet.ops.quantizers import EPS
+
+# K rows per step of the Mosaic 2-bit kernel: four format tiles, so that a step's code bytes are
+# 128 wide (one 128-byte swizzle row) and each plane of them is a whole [rows, 128] wgmma operand.
+STEP_K = 4 * TILE_K
+STEP_BYTES = STEP_K // 4
+MAX_WIDTH = 32768  # row columns in registers at once: 64 float32 per thread at 16 warps
+
+
+def divide_as_xla(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
+  """`a / b` in float32 as XLA divides on the same backend, so that the kernels' int8 values and
+  scales stay bit-identical to the XLA path's: on NVIDIA GPUs XLA lowers float32 division to
+  `div.full.f32` (LLVM's `-nvptx-prec-divf32=1`: within 2 ulp, not IEEE; on an H200 28 % of
+  `127 / v` quotients differed from IEEE), so the kernel issues the same instruction; interpret
+  mode divides as XLA on the CPU does (IEEE)."""
+  if not asm:
+    return a / b
+  [r] = pltriton.elementwise_inline_asm(
+      "div.full.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(b.shape, jnp.float32)])
+  return r
+
+
+def _round(v: jax.Array, asm: bool) -> jax.Array:
+  """`jnp.round` (to nearest, ties to even) of float32 as int32; on the GPU one `cvt.rni`, which
+  also keeps the multiply before it from being fused into an FMA (that would round the exact
+  product instead of the float32 one XLA rounds)."""
+  if not asm:
+    return jnp.round(v).astype(jnp.int32)
+  [r] = pltriton.elementwise_inline_asm(
+      "cvt.rni.s32.f32 $0, $1;", args=[v], constraints="=r,r", pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, jnp.int32)])
+  return r
+
+
+def _source_columns(width: int, plane_order: bool) -> jax.Array:
+  """int32 `[width]`: the K row that output column p holds."""
+  p = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
+  if not plane_order:
+    return p
+  within = p % STEP_K
+  plane, tile = within // STEP_BYTES, within % STEP_BYTES // PLANE_ROWS
+  return p - within + tile * STEP_BYTES + plane * PLANE_ROWS + p % PLANE_ROWS
+
+
+def _kernel(x_ref, q_ref, scale_ref, offset_ref, *, width: int, plane_order: bool, asm: bool):
+  row = pl.program_id(0)
+  (m, k), out_k = x_ref.shape, q_ref.shape[1]
+  chunks = -(-out_k // width)
+  real = row < m
+  columns = _source_columns(width, plane_order)
+  place = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
+  summed = place % STEP_K < 3 * STEP_BYTES if plane_order else True
+
+  def load(c):
+    cols = columns + c * width
+    return pltriton.load(x_ref.at[jnp.minimum(row, m - 1), cols], mask=(cols < k) & real,
+                         other=0).astype(jnp.float32)
+
+  def absmax(c, amax):
+    return jnp.maximum(amax, jnp.max(jnp.abs(load(c))))
+
+  def quantize(c, x, total):
+    q = jnp.clip(_round(x * s, asm), -128, 127)
+    at = c * width
+    pltriton.store(q_ref.at[row, pl.ds(at, width)], q.astype(jnp.int8), mask=place + at < out_k)
+    return total + jnp.sum(jnp.where(summed, q, 0))
+
+  if chunks == 1:  # the whole row stays in registers: x is read once
+    x = load(0)
+    amax = jnp.max(jnp.abs(x))
+  else:
+    amax = jax.lax.fori_loop(0, chunks, absmax, jnp.float32(0))
+  s = divide_as_xla(jnp.full((1,), 127.0, jnp.float32), jnp.maximum(amax, EPS)[None], asm)
+  if not asm:  # keep XLA from rewriting 1 / (127 / a) as a · (1 / 127), which rounds otherwise
+    s = jax.lax.optimization_barrier(s)
+  if chunks == 1:
+    offset = quantize(0, x, jnp.int32(0))
+  else:
+    offset = jax.lax.fori_loop(0, chunks, lambda c, t: quantize(c, load(c), t), jnp.int32(0))
+  scale = jnp.where(real, divide_as_xla(jnp.ones_like(s), s, asm), 0.0)
+  pltriton.store(scale_ref.at[pl.ds(row, 1)], scale)
+  pltriton.store(offset_ref.at[pl.ds(row, 1)], offset[None])
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "plane_order", "interpret", "asm",
+                                             "max_width"))
+def quantize_rows(x: jax.Array, *, rows: int, plane_order: bool, interpret: bool = False,
+                  asm: bool | None = None,
+                  max_width: int = MAX_WIDTH) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """x float `[M, K]` -> (q int8 `[rows, K]`, or `[rows, Ks]` in plane order (Ks = K rounded up
+  to STEP_K); scale float32 `[rows]`; offset int32 `[rows]`), rows >= M: `q` and `scale` of
+  `absmax_int8(x)` (zero past M) and the offset of the layout (module docstring). A row of up to
+  `max_width` columns (a power of two, >= 1024) is loaded once; longer rows are read twice, in
+  chunks of that width. asm: inline PTX (default: unless interpreting; interpret mode computes
+  the same in jnp)."""
+  m, k = x.shape
+  out_k = -(-k // STEP_K) * STEP_K if plane_order else k
+  if not jnp.issubdtype(x.dtype, jnp.floating) or rows < m or k == 0:
+    raise ValueError(f"quantize_rows takes float x [M, K] with K >= 1 and rows >= M, got "
+                     f"{x.dtype} {tuple(x.shape)} and rows={rows}.")
+  if max_width < 1024 or max_width & (max_width - 1):
+    raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
+  width = min(max(1 << (out_k - 1).bit_length(), 1024), max_width)
+  kernel = functools.partial(_kernel, width=width, plane_order=plane_order,
+                             asm=not interpret if asm is None else asm)
+  whole = pl.BlockSpec(memory_space=pl.ANY)
+  return pl.pallas_call(
+      kernel,
+      out_shape=(jax.ShapeDtypeStruct((rows, out_k), jnp.int8),
+                 jax.ShapeDtypeStruct((rows,), jnp.float32),
+                 jax.ShapeDtypeStruct((rows,), jnp.int32)),
+      grid=(rows,),
+      in_specs=[whole],
+      out_specs=(whole, whole, whole),
+      compiler_params=pltriton.CompilerParams(num_warps=min(16, max(4, width // 1024)),
+                                              num_stages=1),
+      interpret=interpret,
+  )(x)

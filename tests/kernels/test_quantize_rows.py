@@ -1,0 +1,62 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sbitnet.kernels.ternary_matmul.quantize_rows import quantize_rows
+from sbitnet.ops import absmax_int8
+from tests.kernels.base import activations
+
+
+def _plane_order(xq: np.ndarray, rows: int) -> np.ndarray:
+  """NumPy oracle: within each 512-column step, column 128q + 32t + j <- K row 128t + 32q + j."""
+  m, k = xq.shape
+  ks = -(-k // 512) * 512
+  x = np.pad(xq, ((0, rows - m), (0, ks - k)))
+  return x.reshape(rows, ks // 512, 4, 4, 32).transpose(0, 1, 3, 2, 4).reshape(rows, ks)
+
+
+@pytest.mark.parametrize("plane_order", [True, False], ids=["planes", "natural"])
+@pytest.mark.parametrize("m,k,rows,dtype,max_width", [
+    (5, 1000, 16, jnp.bfloat16, 32768), (16, 2048, 16, jnp.bfloat16, 32768),
+    (3, 700, 3, jnp.float32, 32768), (2, 4864, 16, jnp.float16, 32768),
+    (3, 2600, 3, jnp.bfloat16, 1024)], ids=str)
+def test_quantize_rows_is_absmax_int8_in_its_layout(m, k, rows, dtype, max_width, plane_order):
+  """Interpret mode, exact: the quantized values in plane or natural order (zero-padded), the
+  scale (0 past M) and the offset (the sum over planes 0-2, or over all of K), against
+  `absmax_int8` and a NumPy reordering; the last case reads its rows in three chunks. Row 0 has
+  absmax 127 (s = 1) and values at .5, so rounding ties to even is checked too."""
+  rows = rows if plane_order else m
+  x = activations(jax.random.key(m * k), (m, k), dtype)
+  ties = jnp.array([127.0, 2.5, -0.5, 3.5, -126.5], dtype)
+  x = x.at[0, :5].set(ties).at[0, 5:].set(jnp.clip(x[0, 5:], -100, 100))
+  q, scale, offset = quantize_rows(x, rows=rows, plane_order=plane_order, interpret=True,
+                                   max_width=max_width)
+  xq, x_scale = absmax_int8(x)
+  np.testing.assert_array_equal(np.asarray(xq[0, :5]), [127, 2, 0, 4, -126])
+  expected = _plane_order(np.asarray(xq), rows) if plane_order else np.asarray(xq)
+  assert q.dtype == jnp.int8 and q.shape == expected.shape
+  np.testing.assert_array_equal(np.asarray(q), expected)
+  np.testing.assert_array_equal(np.asarray(scale),
+                                np.pad(np.asarray(x_scale[:, 0]), (0, rows - m)))
+  wide = expected.astype(np.int64)
+  summed = wide.reshape(rows, -1, 4, 128)[:, :, :3].sum((1, 2, 3)) if plane_order else wide.sum(1)
+  np.testing.assert_array_equal(np.asarray(offset), summed)
+
+
+@pytest.mark.parametrize("k", [28672, 40000])
+def test_quantize_rows_lowers_for_the_gpu_and_checks_its_inputs(k):
+  """The inline-PTX variant (division and rounding; interpret mode runs jnp) lowered to Triton IR
+  on the CPU: a row of the widest width read once, and a longer one read in two passes."""
+  quantize = functools.partial(quantize_rows, rows=48, plane_order=True, asm=True)
+  text = jax.jit(quantize).trace(jax.ShapeDtypeStruct((37, k), jnp.bfloat16)).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert "xla.gpu.triton" in text and "cvt.rni.s32.f32" in text and "div.full.f32" in text
+  with pytest.raises(ValueError, match="rows >= M, got bfloat16 \\(4, 64\\) and rows=3"):
+    quantize_rows(jnp.zeros((4, 64), jnp.bfloat16), rows=3, plane_order=True)
+  with pytest.raises(ValueError, match="int8 \\(4, 64\\)"):
+    quantize_rows(jnp.zeros((4, 64), jnp.int8), rows=4, plane_order=False)
+  with pytest.raises(ValueError, match="max_width=1000 must be a power of two"):
+    quantize_rows(jnp.zeros((4, 64), jnp.bfloat16), rows=4, plane_order=False, max_width=1000)
