@@ -285,6 +285,7 @@ def bench_matmul(name, k, n, ms, log, peaks, profile=False):
         f"{i}={v * 1e6:8.1f}us" for i, v in res.items()))
     if profile and "pallas_int8" in res:
       op = jax.jit(impls["pallas_int8"][0])
+      jax.block_until_ready(op(x, p))  # compiled (and autotuned) before the trace
       trace = device_time_summary(lambda: op(x, p), calls=20, top=8)
       next(r for r in rows if r["m"] == m and r["impl"] == "pallas_int8")["profile"] = trace
       log(f"    pallas_int8 profile: {trace['kernels_per_call']:.0f} kernels, "
