@@ -9,8 +9,8 @@ more rows beside the MMA kernel (each checked against XLA first); ceiling: a ker
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
---profile (decode, large): also traces the dispatcher's int8 call (pallas_int8) and lists its
-kernels with their GPU time.
+--profile (decode, large): also traces the dispatcher's int8 call (pallas_int8) and XLA's bf16
+GEMM and lists their kernels with their GPU time.
 
 Times are device-side: each measured call runs `reps` times over `R` rotating weight copies inside
 one jitted fori_loop (working set > L2 where memory allows), the loop is timed with
@@ -283,15 +283,18 @@ def bench_matmul(name, k, n, ms, log, peaks, profile=False):
       rows.append(row)
     log(f"  {name:10s} m={m:5d} " + " ".join(
         f"{i}={v * 1e6:8.1f}us" for i, v in res.items()))
-    if profile and "pallas_int8" in res:
-      op = jax.jit(impls["pallas_int8"][0])
-      jax.block_until_ready(op(x, p))  # compiled (and autotuned) before the trace
-      trace = device_time_summary(lambda: op(x, p), calls=20, top=8)
-      next(r for r in rows if r["m"] == m and r["impl"] == "pallas_int8")["profile"] = trace
-      log(f"    pallas_int8 profile: {trace['kernels_per_call']:.0f} kernels, "
-          f"{trace['gpu0_busy_ms_per_call'] * 1e3:.1f} us busy per call: " + ", ".join(
-              f"{kname[:48]} {ms_ * 1e3:.1f} us" for ms_, _, kname in
-              trace["top_kernels_ms_per_call"]))
+    if profile:  # device time of the dispatcher's int8 call and of XLA's bf16 GEMM, by kernel
+      for impl, args in (("pallas_int8", (x, p)), ("xla_bf16", (x, ws_bf16[0]))):
+        if impl not in res:
+          continue
+        op = jax.jit(impls[impl][0])
+        jax.block_until_ready(op(*args))  # compiled (and autotuned) before the trace
+        trace = device_time_summary(lambda: op(*args), calls=20, top=8)
+        next(r for r in rows if r["m"] == m and r["impl"] == impl)["profile"] = trace
+        log(f"    {impl} profile: {trace['kernels_per_call']:.0f} kernels, "
+            f"{trace['gpu0_busy_ms_per_call'] * 1e3:.1f} us busy per call: " + ", ".join(
+                f"{kname[:48]} {ms_ * 1e3:.1f} us" for ms_, _, kname in
+                trace["top_kernels_ms_per_call"]))
   return rows
 
 
@@ -669,7 +672,7 @@ def main():
   ap.add_argument("--skip-checks", action="store_true")
   ap.add_argument("--tag", default="", help="output file suffix (default: the part)")
   ap.add_argument("--profile", action="store_true",
-                  help="decode, large: trace the dispatcher's int8 call, list its kernels")
+                  help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
