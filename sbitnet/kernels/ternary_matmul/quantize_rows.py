@@ -16,8 +16,8 @@ written in one of two layouts:
 In XLA that is two or three kernels per call (the absmax reduction, the quantization with any
 reordering, the offset reduction), each a launch of a few microseconds at decode sizes; here it is
 one. Each program holds one whole row in registers (up to MAX_WIDTH columns; longer rows take a
-second pass), loading it already in its output order (a gather of 32-element runs). Rows past M (up to `rows`) come
-out zero, with scale 0.
+second pass), loading it already in its output order (a gather of 32-element runs). Rows past M
+(up to `rows`) come out zero, with scale 0.
 """
 
 from __future__ import annotations
