@@ -478,17 +478,21 @@ def test_mosaic_2bit_kernel_checks_its_inputs():
 
 def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkeypatch):
   """On a Hopper GPU (faked: the config is recorded, nothing runs) int8 decode calls go to the
-  Mosaic 2-bit kernel on wide layers from 16 rows, on narrow ones above 64, and to the Triton
-  kernel otherwise; its CTA rows divide N or it is not taken."""
+  Mosaic 2-bit kernel where it measured faster (by N, K and M) and to the Triton kernel
+  otherwise; its CTA rows divide N or it is not taken."""
   from sbitnet.kernels.ternary_matmul import api
   assert config_lib.mgpu_2bit_wins(4, n=28672, k=8192)
   assert not config_lib.mgpu_2bit_wins(4, n=22016, k=2048)
   assert config_lib.mgpu_2bit_wins(16, n=22016, k=2048)
+  assert config_lib.mgpu_2bit_wins(16, n=11008, k=2048)
+  assert not config_lib.mgpu_2bit_wins(16, n=2560, k=2048)
+  assert config_lib.mgpu_2bit_wins(64, n=2560, k=2048)
   assert not config_lib.mgpu_2bit_wins(64, n=2048, k=11008)
-  assert config_lib.mgpu_2bit_wins(128, n=2560, k=2048)
+  assert config_lib.mgpu_2bit_wins(128, n=2048, k=11008)
   assert not config_lib.mgpu_2bit_wins(1, n=28672, k=8192)  # one row: the dp4a GEMV
   assert not config_lib.mgpu_2bit_wins(256, n=22016, k=2048)  # not measured there
   assert config_lib.choose_mgpu_2bit(16, 22016) == TwoBitMgpuConfig(tile_n=128, warpgroups=2)
+  assert config_lib.choose_mgpu_2bit(16, 11008) == TwoBitMgpuConfig(tile_n=64, warpgroups=2)
   assert config_lib.choose_mgpu_2bit(128, 2048) == TwoBitMgpuConfig(tile_n=64, warpgroups=1)
   assert config_lib.choose_mgpu_2bit(128, 2000) is None
 

@@ -100,31 +100,41 @@ def choose_gemv(m: int, n: int) -> GemvConfig:
 MGPU_2BIT_MAX_M = 128
 # From this many weights (8192×28672) it won from 4 rows.
 MGPU_2BIT_LARGE_WEIGHT = 1 << 27
+# From this N (2048→11008 measured) its CTAs take two warpgroups of code rows, and it won from 16
+# rows once the activations were quantized in one pass (tenth session).
+MGPU_2BIT_MID_N = 8192
+# Narrower layers with K up to MGPU_2BIT_SHORT_K (q/k/v, o): it won from this many rows
+# (measured at 16 and 64); with longer K (down) only above DECODE_MAX_M.
+MGPU_2BIT_NARROW_MIN_M = 64
+MGPU_2BIT_SHORT_K = 4096
 
 
 def mgpu_2bit_wins(m: int, n: int, k: int) -> bool:
   """Whether the Mosaic GPU 2-bit kernel beat the Triton-backend one for int8 x of m rows on a
   Hopper GPU (H200 sweeps, whole op, docs/kernels.md): on 8192×28672 from M = 4 (1.14x at 4, 1.4x
   at 16, 1.6x at 64-128); on the 3B gate/up projection (N = 22016) from M = 16 (1.1x at 16, 1.2x
-  at 64, 1.4x at 128; 0.86x at 4); on the narrow 3B layers (N <= 2560) at M = 128 only (1.1-1.3x;
-  at 64 within 2 % on q/k/v and o, 0.89x on down; slower below)."""
+  at 64, 1.4x at 128; 0.86x at 4); on 2048→11008 from M = 16 (1.08x at 16, 1.33x at 64; about
+  even at 4); on the narrow 3B layers (N <= 2560) q/k/v and o from M = 64 (1.07-1.09x; 0.96x at
+  16) and down (K = 11008) above 64 (0.87x at 64 unsplit); all of them 1.1-1.3x at 128."""
   if m > MGPU_2BIT_MAX_M:
     return False
   if k * n >= MGPU_2BIT_LARGE_WEIGHT:
     return m >= 4
-  if n >= WIDE_N:
+  if n >= MGPU_2BIT_MID_N:
     return m >= 16
-  return m > DECODE_MAX_M
+  return m >= MGPU_2BIT_NARROW_MIN_M if k <= MGPU_2BIT_SHORT_K else m > DECODE_MAX_M
 
 
 def choose_mgpu_2bit(m: int, n: int) -> TwoBitMgpuConfig | None:
   """Config of the Mosaic GPU 2-bit kernel, or None where its CTA rows do not divide n (the
-  caller then takes the Triton kernel rather than padding the codes). H200 sweeps: wide layers
-  (N >= WIDE_N) two warpgroups per CTA, 128 code rows each up to 32 rows of x (four accumulators
-  of [128, rows] fit), 64 above; narrow layers one warpgroup of 64 rows; 4 stages, no K split
-  (best or within 3 % wherever the kernel wins)."""
-  wide = n >= WIDE_N
-  config = TwoBitMgpuConfig(tile_n=128 if wide and m <= 32 else 64, warpgroups=2 if wide else 1)
+  caller then takes the Triton kernel rather than padding the codes). H200 sweeps: from
+  MGPU_2BIT_MID_N two warpgroups per CTA, on wide layers (N >= WIDE_N) 128 code rows each up to
+  32 rows of x (four accumulators of [128, rows] fit), otherwise 64 (on 2048→11008 64 rows made
+  twice the CTAs of 128: 10.5 vs 11.7 µs at M = 16); narrow layers one warpgroup of 64 rows; 4
+  stages, no K split (best or within 3 % wherever the kernel wins, except 2048→2048 at M = 64,
+  where a 4-way split was 3 % faster)."""
+  config = TwoBitMgpuConfig(tile_n=128 if n >= WIDE_N and m <= 32 else 64,
+                            warpgroups=2 if n >= MGPU_2BIT_MID_N else 1)
   return config if n % config.cta_n == 0 else None
 
 
