@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sbitnet.kernels import PackedTernary, pack, ternary_matmul, unpack_int8
-from sbitnet.ops import quantize_activations
+from sbitnet.ops import Prologue, quantize_activations
 
 
 class PackedLinear(nnx.Module):
@@ -59,13 +59,17 @@ class PackedLinear(nnx.Module):
     return PackedTernary(self.codes[...], self.scale[...], in_features=self.in_features,
                          split=self.split)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`)."""
+  def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
+    """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`); with a `prologue`, x is
+    its input (`[..., prologue.input_width(in)]`) and the layer computes `self(prologue(x))`,
+    which with 8-bit activations `ternary_matmul` fuses into their quantization where it can."""
     if self.dtype is not None:
       x = x.astype(self.dtype)
+    if prologue is not None and self.act_bits != 8:
+      x, prologue = prologue(x), None
     if self.act_bits not in (None, 8):
       x = quantize_activations(x, self.act_bits)
-    y = ternary_matmul(x, self.packed(), quantize_x=self.act_bits == 8,
+    y = ternary_matmul(x, self.packed(), quantize_x=self.act_bits == 8, prologue=prologue,
                        implementation=self.implementation,
                        int8_weight=None if self.weight_int8 is None else self.weight_int8[...])
     if self.bias is not None:

@@ -11,6 +11,7 @@ from flax import nnx
 from sbitnet.nn.kv_cache import KVCache
 from sbitnet.nn.linear import SparseBitLinear
 from sbitnet.nn.rope import apply_rope
+from sbitnet.ops import Prologue
 
 
 class Attention(nnx.Module):
@@ -34,15 +35,17 @@ class Attention(nnx.Module):
                       kernel_axes=("embed", "heads"), rngs=rngs)
     self.o = linear(q, d_model, kernel_axes=("heads", "embed"), rngs=rngs)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x `[B, T, d_model]`, cos/sin `[B or 1, T, head_dim]` -> `[B, T, d_model]`."""
-    queries, keys, values = self._project(x, cos, sin)
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               prologue: Prologue | None = None) -> jax.Array:
+    """x `[B, T, d_model]`, cos/sin `[B or 1, T, head_dim]` -> `[B, T, d_model]`; `prologue`
+    (e.g. the pre-norm) is applied to x by the q/k/v projection."""
+    queries, keys, values = self._project(x, cos, sin, prologue)
     out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
                                        implementation=self.implementation)
     return self.o(out.reshape(*x.shape[:2], -1))
 
-  def with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
-                 cache: KVCache) -> tuple[jax.Array, KVCache]:
+  def with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array, cache: KVCache,
+                 prologue: Prologue | None = None) -> tuple[jax.Array, KVCache]:
     """Attention of `x` `[B, T, d_model]` that also stores its keys and values in this layer's
     `cache` (at slots `cache.lengths[b] + t`; lengths are left to the caller).
 
@@ -50,7 +53,7 @@ class Attention(nnx.Module):
     the cache must be empty (lengths 0) and the tokens attend causally among themselves, as in
     `__call__`. Returns (`[B, T, d_model]`, the updated cache).
     """
-    queries, keys, values = self._project(x, cos, sin)
+    queries, keys, values = self._project(x, cos, sin, prologue)
     cache = cache.write(keys, values)
     if x.shape[1] == 1:
       out = jax.nn.dot_product_attention(queries, cache.keys, cache.values,
@@ -61,13 +64,13 @@ class Attention(nnx.Module):
                                          implementation=self.implementation)
     return self.o(out.reshape(*x.shape[:2], -1)), cache
 
-  def _project(self, x: jax.Array, cos: jax.Array,
-               sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def _project(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               prologue: Prologue | None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Queries `[B, T, n_heads, head_dim]` and keys, values `[B, T, n_kv_heads, head_dim]`, with
     RoPE applied to queries and keys."""
     b, t, _ = x.shape
     q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-    qkv = self.qkv(x)
+    qkv = self.qkv(x, prologue)
     queries = qkv[..., :q].reshape(b, t, self.n_heads, self.head_dim)
     keys = qkv[..., q:q + kv].reshape(b, t, self.n_kv_heads, self.head_dim)
     values = qkv[..., q + kv:].reshape(b, t, self.n_kv_heads, self.head_dim)

@@ -27,12 +27,12 @@ class DecoderBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x `[B, T, d_model]` -> same shape and dtype."""
-    x = x + self.attn(self.attn_norm(x), cos, sin)
-    return x + self.mlp(self.mlp_norm(x))
+    x = x + self.attn(x, cos, sin, self.attn_norm.prologue())
+    return x + self.mlp(x, self.mlp_norm.prologue())
 
   def with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                  cache: KVCache) -> tuple[jax.Array, KVCache]:
     """`__call__` that also stores this layer's keys and values (see `Attention.with_cache`)."""
-    attn, cache = self.attn.with_cache(self.attn_norm(x), cos, sin, cache)
+    attn, cache = self.attn.with_cache(x, cos, sin, cache, self.attn_norm.prologue())
     x = x + attn
-    return x + self.mlp(self.mlp_norm(x)), cache
+    return x + self.mlp(x, self.mlp_norm.prologue()), cache

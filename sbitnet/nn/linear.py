@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbitnet.ops import WeightSpec, absmean_ternary, apply_weight_spec, nm_mask
+from sbitnet.ops import Prologue, WeightSpec, absmean_ternary, apply_weight_spec, nm_mask
 from sbitnet.ops.sparse_ternary import spec_dot_general
 from sbitnet.ops.validation import check_act_bits
 
@@ -73,8 +73,11 @@ class SparseBitLinear(nnx.Module):
     spec.check_weight(jax.ShapeDtypeStruct((self.in_features, self.out_features), jnp.float32))
     self.spec = spec
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`)."""
+  def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
+    """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`); with a `prologue`, x is
+    its input (`[..., prologue.input_width(in)]`) and the layer computes `self(prologue(x))`."""
+    if prologue is not None:
+      x = prologue(x)
     if self.dtype is not None:
       x = x.astype(self.dtype)
     dot_general = spec_dot_general(self.spec, self.act_bits)

@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from sbitnet.nn.linear import SparseBitLinear
+from sbitnet.ops import Prologue, SwiGLUPrologue
 
 
 class SwiGLU(nnx.Module):
@@ -20,6 +21,7 @@ class SwiGLU(nnx.Module):
                           rngs=rngs)
     self.down = linear(d_ff, d_model, kernel_axes=("mlp", "embed"), rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    gate_up = self.gate_up(x)
-    return self.down(jax.nn.silu(gate_up[..., :self.d_ff]) * gate_up[..., self.d_ff:])
+  def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
+    """`prologue` (e.g. the pre-norm) is applied to x by the gate/up projection; the gating is the
+    down projection's prologue, so the packed model fuses it into its activation quantization."""
+    return self.down(self.gate_up(x, prologue), SwiGLUPrologue())

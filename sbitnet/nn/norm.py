@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sbitnet.ops import RMSNormPrologue, rms_norm
+
 
 class RMSNorm(nnx.Module):
   """`y = x / sqrt(mean(x², axis=-1) + eps) * scale`, computed in float32, returned in `x.dtype`."""
@@ -17,6 +19,9 @@ class RMSNorm(nnx.Module):
                            eager_sharding=False)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+    return rms_norm(x, self.scale[...], self.eps)
+
+  def prologue(self) -> RMSNormPrologue:
+    """This norm as the prologue of the linear layer it feeds (`linear(x, prologue=...)` computes
+    `linear(norm(x))`; the packed model fuses it into its activation quantization)."""
+    return RMSNormPrologue(self.scale[...], self.eps)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sbitnet.kernels.ternary_matmul.quantize_rows import quantize_rows
-from sbitnet.ops import absmax_int8
+from sbitnet.ops import RMSNormPrologue, SwiGLUPrologue, absmax_int8
 from tests.kernels.base import activations
 
 
@@ -60,3 +60,44 @@ def test_quantize_rows_lowers_for_the_gpu_and_checks_its_inputs(k):
     quantize_rows(jnp.zeros((4, 64), jnp.int8), rows=4, plane_order=False)
   with pytest.raises(ValueError, match="max_width=1000 must be a power of two"):
     quantize_rows(jnp.zeros((4, 64), jnp.bfloat16), rows=4, plane_order=False, max_width=1000)
+
+
+@pytest.mark.parametrize("plane_order", [True, False], ids=["planes", "natural"])
+@pytest.mark.parametrize("prologue,max_width", [("rms_norm", 32768), ("rms_norm", 1024),
+                                                ("swiglu", 32768), ("swiglu", 1024)], ids=str)
+def test_quantize_rows_with_a_prologue_is_absmax_int8_of_its_result(prologue, max_width,
+                                                                    plane_order):
+  """Interpret mode, exact: the RMS norm or SwiGLU computed in the kernel (row in registers, or
+  read in chunks: three passes with the norm), then quantized, against `absmax_int8` of the
+  prologue applied by `sbitnet.ops`; rows past M come out zero."""
+  m, k, rows = 3, 2600, 8
+  pro = (SwiGLUPrologue() if prologue == "swiglu" else
+         RMSNormPrologue(jnp.linspace(-1.5, 2.0, k, dtype=jnp.float32), 1e-5))
+  x = activations(jax.random.key(5), (m, 2 * k if prologue == "swiglu" else k), jnp.bfloat16)
+  q, scale, offset = quantize_rows(x, pro, rows=rows, plane_order=plane_order, interpret=True,
+                                   max_width=max_width)
+  xq, x_scale = absmax_int8(pro(x))
+  expected = (_plane_order(np.asarray(xq), rows) if plane_order else
+              np.pad(np.asarray(xq), ((0, rows - m), (0, 0))))
+  np.testing.assert_array_equal(np.asarray(q), expected)
+  np.testing.assert_array_equal(np.asarray(scale),
+                                np.pad(np.asarray(x_scale[:, 0]), (0, rows - m)))
+  wide = expected.astype(np.int64)
+  summed = wide.reshape(rows, -1, 4, 128)[:, :, :3].sum((1, 2, 3)) if plane_order else wide.sum(1)
+  np.testing.assert_array_equal(np.asarray(offset), summed)
+
+
+@pytest.mark.parametrize("k", [11008, 40000])
+def test_quantize_rows_with_prologues_lowers_for_the_gpu(k):
+  """Both prologues lowered to Triton IR on the CPU (sigmoid, rsqrt, the casts), in one pass
+  and in chunks; a norm scale of the wrong width is refused."""
+  for pro, width in [(SwiGLUPrologue(), 2 * k), (RMSNormPrologue(jnp.ones(k), 1e-6), k)]:
+    quantize = functools.partial(quantize_rows, rows=16, plane_order=False, asm=True)
+    text = jax.jit(quantize).trace(jax.ShapeDtypeStruct((5, width), jnp.bfloat16), pro).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "xla.gpu.triton" in text
+  with pytest.raises(ValueError, match=r"scale has shape \(7,\); x \(4, 64\) needs \[64\]"):
+    quantize_rows(jnp.ones((4, 64), jnp.bfloat16), RMSNormPrologue(jnp.ones(7), 1e-6), rows=4,
+                  plane_order=False)
+  with pytest.raises(ValueError, match=r"SwiGLU prologue takes x \[M, 2K\].*\(4, 63\)"):
+    quantize_rows(jnp.ones((4, 63), jnp.bfloat16), SwiGLUPrologue(), rows=4, plane_order=False)

@@ -17,7 +17,7 @@ from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config
 from sbitnet.kernels.ternary_matmul.two_bit_mgpu import TwoBitMgpuConfig
-from sbitnet.ops import absmax_int8
+from sbitnet.ops import RMSNormPrologue, SwiGLUPrologue, absmax_int8
 from tests.kernels.base import PATTERNS, activations, rel_err, ternary
 
 # (M, K, N): decode and large-M configs; K and N off the tile sizes (K tile 128, N tile 16..128).
@@ -507,3 +507,40 @@ def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkey
   api._pallas(x, p, True, x.dtype, None, None)
   api._pallas(x[:16], p, True, x.dtype, None, None)
   assert taken == [TwoBitMgpuConfig(tile_n=64, warpgroups=1), config_lib.choose(16, 128, 256, True)]
+
+
+@pytest.mark.parametrize("prologue", ["rms_norm", "swiglu"])
+@pytest.mark.parametrize("m,config", [
+    (1, GemvConfig(block_n=16, block_w=16)), (5, Config(block_m=16, block_n=32, split_k=2)),
+    (20, TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16))],
+    ids=["gemv", "triton", "mosaic"])
+def test_prologue_fused_into_the_quantization_equals_xla_applying_it_first(m, config, prologue):
+  """Each 2-bit kernel with the prologue computed in its activation-quantization kernel
+  (interpret mode) against the XLA path, which applies it to x before quantizing: the same
+  float32 math and roundings, so bit-identical. The int8 GEMM path applies it in XLA too."""
+  k, n = 712, 96
+  _, _, _, p = _case(23 + m, m, k, n, (6, 8))
+  x = activations(jax.random.key(m), (m, 2 * k if prologue == "swiglu" else k))
+  pro = (SwiGLUPrologue() if prologue == "swiglu" else
+         RMSNormPrologue(jnp.linspace(0.5, 2.0, k, dtype=jnp.float32), 1e-6))
+  ref = ternary_matmul(pro(x), p, quantize_x=True, implementation="xla")
+  np.testing.assert_array_equal(ternary_matmul(x, p, quantize_x=True, implementation="xla",
+                                               prologue=pro), ref)
+  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
+                       prologue=pro)
+  assert out.shape == (m, n)
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
+  gemm = ternary_matmul(x, p, quantize_x=True, implementation="pallas", prologue=pro,
+                        config=GemmConfig(block_m=16, block_n=32, block_k=64))
+  np.testing.assert_array_equal(np.asarray(gemm, np.float32), np.asarray(ref, np.float32))
+
+
+def test_prologue_errors_name_the_problem():
+  x, _, _, p = _case(9, 2, 128, 16, (2, 4))
+  with pytest.raises(ValueError, match=r"last axis must be 256 with SwiGLUPrologue"):
+    ternary_matmul(x, p, prologue=SwiGLUPrologue())
+  with pytest.raises(ValueError, match="prologue=.*is not valid; pass one of"):
+    ternary_matmul(x, p, prologue=jax.nn.relu)
+  with pytest.raises(ValueError, match=r"the RMS norm's scale has shape \(64,\).*needs \[128\]"):
+    ternary_matmul(x, p, quantize_x=True, implementation="pallas",
+                   prologue=RMSNormPrologue(jnp.ones(64), 1e-6))

@@ -5,7 +5,7 @@ import pytest
 from flax import linen, nnx
 
 from sbitnet.nn import RMSNorm, SparseBitLinear
-from sbitnet.ops import bitlinear, nm_mask, sparse_ternary_dot_general
+from sbitnet.ops import SwiGLUPrologue, bitlinear, nm_mask, sparse_ternary_dot_general, swiglu
 
 X = jax.random.normal(jax.random.key(0), (2, 3, 32))
 
@@ -75,3 +75,22 @@ def test_rmsnorm():
   expected = x32 / np.sqrt(np.mean(np.asarray(x32) ** 2, -1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(norm(X), expected, rtol=1e-5)
   assert norm(xb).dtype == jnp.bfloat16
+
+
+def test_linear_prologue_is_the_op_applied_first():
+  """`linear(x, prologue)` is `linear(prologue(x))` for the norm's prologue and SwiGLU's, whose
+  math is float32 with one rounding to x's dtype; SwiGLU takes [gate | up] and refuses odd
+  widths."""
+  layer = SparseBitLinear(32, 16, n=6, m=8, rngs=nnx.Rngs(0))
+  norm = RMSNorm(32)
+  norm.scale[...] = jnp.linspace(0.5, 1.5, 32)
+  xb = X.astype(jnp.bfloat16)
+  np.testing.assert_array_equal(layer(xb, norm.prologue()), layer(norm(xb)))
+  gate_up = jax.random.normal(jax.random.key(3), (2, 3, 64)).astype(jnp.bfloat16)
+  g, u = np.asarray(gate_up[..., :32], np.float32), np.asarray(gate_up[..., 32:], np.float32)
+  expected = (g / (1 + np.exp(-g)) * u).astype(jnp.bfloat16)
+  np.testing.assert_allclose(np.asarray(swiglu(gate_up), np.float32),
+                             np.asarray(expected, np.float32), rtol=1e-2)
+  np.testing.assert_array_equal(layer(gate_up, SwiGLUPrologue()), layer(swiglu(gate_up)))
+  with pytest.raises(ValueError, match="last axis of 63"):
+    swiglu(gate_up[..., :63])

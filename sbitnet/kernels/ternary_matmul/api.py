@@ -12,14 +12,16 @@ from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu
                                            reference, two_bit_mgpu)
 from sbitnet.kernels.ternary_matmul.pack import PackedTernary, check_packed
 from sbitnet.kernels.ternary_matmul.quantize_rows import quantize_rows
-from sbitnet.ops import absmax_int8
+from sbitnet.ops import Prologue, RMSNormPrologue, SwiGLUPrologue, absmax_int8
 
 IMPLEMENTATIONS = ("xla", "pallas")
 PALLAS_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16)
 INT8_GEMM_CONFIGS = (int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig)
+PROLOGUES = (RMSNormPrologue, SwiGLUPrologue)
 
 
-def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) -> None:
+def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None,
+                  prologue: Prologue | None) -> None:
   check_packed(p)
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} is not valid; choose one of "
@@ -27,9 +29,14 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None) ->
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"x must be a floating-point array [..., in] (bfloat16 for the kernels), got "
                      f"{x.dtype} {tuple(x.shape)}; use quantize_x=True for int8 activations.")
-  if x.ndim < 1 or x.shape[-1] != p.in_features:
+  if prologue is not None and not isinstance(prologue, PROLOGUES):
+    raise ValueError(f"prologue={prologue!r} is not valid; pass one of "
+                     f"{[c.__name__ for c in PROLOGUES]} (sbitnet.ops) or None.")
+  width = p.in_features if prologue is None else prologue.input_width(p.in_features)
+  if x.ndim < 1 or x.shape[-1] != width:
+    given = "" if prologue is None else f" with {type(prologue).__name__}"
     raise ValueError(f"x has shape {tuple(x.shape)} but the packed weight is {p.shape} "
-                     f"([in, out]); x's last axis must be {p.in_features}.")
+                     f"([in, out]); x's last axis must be {width}{given}.")
 
 
 def off_gpu() -> bool:
@@ -89,9 +96,10 @@ def _check_hopper(config) -> None:
 
 
 def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgpuConfig,
-                  out_dtype, out_init: jax.Array | None) -> jax.Array:
-  """The Mosaic GPU 2-bit kernel on x quantized per token to int8 (in the same pass as its
-  reordering, `quantize_rows`), N padded to its CTA rows."""
+                  out_dtype, out_init: jax.Array | None,
+                  prologue: Prologue | None) -> jax.Array:
+  """The Mosaic GPU 2-bit kernel on x (or `prologue(x)`) quantized per token to int8 (in the same
+  pass as its reordering, `quantize_rows`), N padded to its CTA rows."""
   if out_init is not None:
     raise ValueError("out_init does not apply to the Mosaic GPU 2-bit kernel (its interpret "
                      "mode already fills the output with NaN, or int32 max for split-K sums, "
@@ -100,15 +108,17 @@ def _two_bit_mgpu(x: jax.Array, p: PackedTernary, config: two_bit_mgpu.TwoBitMgp
   n = p.codes.shape[0]
   np_ = _round_up(n, config.cta_n)
   y = two_bit_mgpu.matmul(x, _pad_to(p.codes, 0, np_, 0x55), _pad_to(p.scale, 0, np_),
-                          config=config, out_dtype=out_dtype, interpret=off_gpu())
+                          prologue, config=config, out_dtype=out_dtype, interpret=off_gpu())
   return y[:, :n]
 
 
 def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             config: (pallas_triton.Config | gemv_dp4a.GemvConfig | two_bit_mgpu.TwoBitMgpuConfig
                      | None),
-            out_init: jax.Array | None) -> jax.Array:
-  """The 2-bit kernels on x `[m, K]`, quantized per token to int8 first with `quantize_x`: the
+            out_init: jax.Array | None, prologue: Prologue | None) -> jax.Array:
+  """The 2-bit kernels on x `[m, K]`, quantized per token to int8 first with `quantize_x` (after
+  `prologue`, in the same kernel, `quantize_rows`; without `quantize_x` the prologue must be
+  applied already): the
   dp4a GEMV for int8 activations of one row (`config.gemv_wins`); on Hopper the Mosaic GPU kernel
   for int8 activations where it measured faster (`config.mgpu_2bit_wins`); otherwise the
   Triton-backend MMA kernel, which reads x as it is (masking rows and columns past the ends)."""
@@ -119,7 +129,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
     if not quantize_x:
       raise ValueError(f"{config} is a Mosaic GPU 2-bit kernel config: it needs quantize_x=True.")
-    return _two_bit_mgpu(x, p, config, out_dtype, out_init)
+    return _two_bit_mgpu(x, p, config, out_dtype, out_init, prologue)
   kp = nbytes * 4
   n16 = _round_up(n, 16)
   codes = _pad_to(p.codes, 0, n16, 0x55)
@@ -138,7 +148,8 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
                        f"split_k={c.split_k} positive.")
   row_scale = None
   if quantize_x:
-    x, row_scale, row_sum = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
+    x, row_scale, row_sum = quantize_rows(x, prologue, rows=m, plane_order=False,
+                                          interpret=off_gpu())
   if gemv:
     return gemv_dp4a.matmul(x, row_scale, row_sum, codes, col_scale, config=c,
                             out_dtype=out_dtype, interpret=off_gpu(), out_init=out_init)[:, :n]
@@ -189,11 +200,14 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                             | two_bit_mgpu.TwoBitMgpuConfig | int8_gemm.GemmConfig
                             | int8_gemm_mgpu.MgpuGemmConfig | None) = None,
                    out_init: jax.Array | None = None,
-                   int8_weight: jax.Array | None = None) -> jax.Array:
-  """`y = x @ (t * gamma)` for a packed ternary weight `p` (logical `[K, N]`).
+                   int8_weight: jax.Array | None = None,
+                   prologue: Prologue | None = None) -> jax.Array:
+  """`y = x @ (t * gamma)` for a packed ternary weight `p` (logical `[K, N]`), or
+  `y = prologue(x) @ (t * gamma)`.
 
   Args:
-    x: float `[..., K]` (bfloat16 or float16 for the Pallas kernels).
+    x: float `[..., K]` (bfloat16 or float16 for the Pallas kernels); with a prologue, its input
+      (`[..., prologue.input_width(K)]`).
     p: the packed weight, from `pack` or `sparse_quantize_pack`.
     quantize_x: first quantize `x` per token to int8 (`sbitnet.ops.absmax_int8`, as BitLinear
       does), then `y = (x_q @ t) * s_x * gamma` with exact int32 accumulation.
@@ -218,6 +232,11 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       N padded to 16), so that tiles left unwritten keep its (poison) values.
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
+    prologue: a row-wise op applied to x first (`sbitnet.ops.RMSNormPrologue`, a pre-norm, or
+      `SwiGLUPrologue`, the gating ahead of a down projection). The 2-bit kernels with
+      `quantize_x` compute it in their activation-quantization kernel; every other path applies
+      it in XLA first. In float32 with one rounding to x's dtype either way, so on the GPU the
+      two can differ in the last bit of a value (an int8 step at a rounding tie).
 
   Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(ax, None),
   scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
@@ -225,7 +244,7 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   Returns:
     `[..., N]` in the dtype of `x`, accumulated in float32 (int32 with `quantize_x`).
   """
-  _check_inputs(x, p, implementation)
+  _check_inputs(x, p, implementation, prologue)
   if int8_weight is not None and (int8_weight.dtype != jnp.int8
                                   or int8_weight.shape != p.shape[::-1]):
     raise ValueError(f"int8_weight must be int8 {list(p.shape[::-1])} (unpack_int8 of this "
@@ -244,6 +263,9 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   int8_gemm_path = impl == "pallas" and quantize_x and (
       isinstance(config, INT8_GEMM_CONFIGS)
       or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
+  two_bit_quantizing = impl == "pallas" and quantize_x and not int8_gemm_path
+  if prologue is not None and not two_bit_quantizing:
+    x2, prologue = prologue(x2), None
   if quantize_x and (impl == "xla" or int8_gemm_path):
     xq, x_scale = absmax_int8(x2)
     t = reference.unpack_int8(p) if int8_weight is None else int8_weight
@@ -252,5 +274,5 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   elif impl == "xla":
     y = reference.matmul_float(x2, p.codes, p.scale)
   else:
-    y = _pallas(x2, p, quantize_x, x.dtype, config, out_init)
+    y = _pallas(x2, p, quantize_x, x.dtype, config, out_init, prologue)
   return y.astype(x.dtype).reshape(*lead, p.shape[1])

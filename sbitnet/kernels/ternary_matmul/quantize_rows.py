@@ -1,6 +1,7 @@
 """Pallas (Triton backend): one pass that prepares int8 activations for the 2-bit kernels.
 
-Per row r of x `[M, K]` (float), bit for bit as `absmax_int8` computes them (XLA):
+Per row r of x `[M, K]` (float; or of `prologue(x)`, an RMS norm or SwiGLU computed in the same
+pass, `sbitnet.ops.prologue`), bit for bit as `absmax_int8` computes them (XLA):
 
   amax = max_k |x[r, k]|,   s = 127 / max(amax, EPS),   q = clip(round(x[r] · s), -128, 127)
   scale[r] = 1 / s,   offset[r] = a sum of q (below)
@@ -30,6 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
+from sbitnet.ops.prologue import Prologue, RMSNormPrologue, SwiGLUPrologue
 from sbitnet.ops.quantizers import EPS
 
 # K rows per step of the Mosaic 2-bit kernel: four format tiles, so that a step's code bytes are
@@ -75,41 +77,80 @@ def _source_columns(width: int, plane_order: bool) -> jax.Array:
   return p - within + tile * STEP_BYTES + plane * PLANE_ROWS + p % PLANE_ROWS
 
 
-def _kernel(x_ref, q_ref, scale_ref, offset_ref, *, width: int, plane_order: bool, asm: bool):
+def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | None,
+            glu: bool):
+  """Refs: x `[M, Kin]`, the norm's scale `[K]` (with `norm_eps`), then the outputs. Row values
+  v(x) (the linear's input): `x`; with `glu` `swiglu(x)` (Kin = 2K); with `norm_eps`
+  `rms_norm(x, scale, eps)`, both in x's dtype as `sbitnet.ops.prologue` computes them."""
+  if norm_eps is None:
+    (x_ref, q_ref, scale_ref, offset_ref), norm_ref = refs, None
+  else:
+    x_ref, norm_ref, q_ref, scale_ref, offset_ref = refs
   row = pl.program_id(0)
-  (m, k), out_k = x_ref.shape, q_ref.shape[1]
+  (m, k_in), out_k = x_ref.shape, q_ref.shape[1]
+  k = k_in // 2 if glu else k_in
   chunks = -(-out_k // width)
   real = row < m
   columns = _source_columns(width, plane_order)
   place = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
   summed = place % STEP_K < 3 * STEP_BYTES if plane_order else True
 
+  def rounded(v):  # float32 -> x's dtype -> float32, as the XLA path stores the prologue's result
+    return v.astype(x_ref.dtype).astype(jnp.float32)
+
   def load(c):
+    """Chunk c of the row in output order before any norm, float32, and its columns."""
     cols = columns + c * width
-    return pltriton.load(x_ref.at[jnp.minimum(row, m - 1), cols], mask=(cols < k) & real,
-                         other=0).astype(jnp.float32)
+    ok = (cols < k) & real
+    at = jnp.minimum(row, m - 1)
+    v = pltriton.load(x_ref.at[at, cols], mask=ok, other=0).astype(jnp.float32)
+    if glu:
+      up = pltriton.load(x_ref.at[at, cols + k], mask=ok, other=0).astype(jnp.float32)
+      v = rounded(jax.nn.silu(v) * up)
+    return v, cols, ok
 
-  def absmax(c, amax):
-    return jnp.maximum(amax, jnp.max(jnp.abs(load(c))))
+  def normalize(v, cols, ok, inv_rms):
+    if norm_ref is None:
+      return v
+    scale = pltriton.load(norm_ref.at[cols], mask=ok, other=0).astype(jnp.float32)
+    return rounded(v * inv_rms * scale)
 
-  def quantize(c, x, total):
-    q = jnp.clip(_round(x * s, asm), -128, 127)
+  def norm_factor(sum_squares):
+    if norm_ref is None:
+      return None
+    mean = divide_as_xla(sum_squares[None], jnp.full((1,), k, jnp.float32), asm)
+    return jax.lax.rsqrt(mean + norm_eps)
+
+  def value(c, inv_rms):
+    return normalize(*load(c), inv_rms)
+
+  def quantize(c, v, total):
+    q = jnp.clip(_round(v * s, asm), -128, 127)
     at = c * width
     pltriton.store(q_ref.at[row, pl.ds(at, width)], q.astype(jnp.int8), mask=place + at < out_k)
     return total + jnp.sum(jnp.where(summed, q, 0))
 
   if chunks == 1:  # the whole row stays in registers: x is read once
-    x = load(0)
-    amax = jnp.max(jnp.abs(x))
+    raw, cols, ok = load(0)
+    inv_rms = norm_factor(jnp.sum(raw * raw))
+    v = normalize(raw, cols, ok, inv_rms)
+    amax = jnp.max(jnp.abs(v))
   else:
-    amax = jax.lax.fori_loop(0, chunks, absmax, jnp.float32(0))
+    inv_rms = None
+    if norm_ref is not None:
+      inv_rms = norm_factor(jax.lax.fori_loop(
+          0, chunks, lambda c, t: t + jnp.sum(jnp.square(load(c)[0])), jnp.float32(0)))
+    amax = jax.lax.fori_loop(
+        0, chunks, lambda c, a: jnp.maximum(a, jnp.max(jnp.abs(value(c, inv_rms)))),
+        jnp.float32(0))
   s = divide_as_xla(jnp.full((1,), 127.0, jnp.float32), jnp.maximum(amax, EPS)[None], asm)
   if not asm:  # keep XLA from rewriting 1 / (127 / a) as a · (1 / 127), which rounds otherwise
     s = jax.lax.optimization_barrier(s)
   if chunks == 1:
-    offset = quantize(0, x, jnp.int32(0))
+    offset = quantize(0, v, jnp.int32(0))
   else:
-    offset = jax.lax.fori_loop(0, chunks, lambda c, t: quantize(c, load(c), t), jnp.int32(0))
+    offset = jax.lax.fori_loop(0, chunks, lambda c, t: quantize(c, value(c, inv_rms), t),
+                               jnp.int32(0))
   scale = jnp.where(real, divide_as_xla(jnp.ones_like(s), s, asm), 0.0)
   pltriton.store(scale_ref.at[pl.ds(row, 1)], scale)
   pltriton.store(offset_ref.at[pl.ds(row, 1)], offset[None])
@@ -117,25 +158,37 @@ def _kernel(x_ref, q_ref, scale_ref, offset_ref, *, width: int, plane_order: boo
 
 @functools.partial(jax.jit, static_argnames=("rows", "plane_order", "interpret", "asm",
                                              "max_width"))
-def quantize_rows(x: jax.Array, *, rows: int, plane_order: bool, interpret: bool = False,
-                  asm: bool | None = None,
+def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, plane_order: bool,
+                  interpret: bool = False, asm: bool | None = None,
                   max_width: int = MAX_WIDTH) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """x float `[M, K]` -> (q int8 `[rows, K]`, or `[rows, Ks]` in plane order (Ks = K rounded up
+  """x float `[M, Kin]` -> (q int8 `[rows, K]`, or `[rows, Ks]` in plane order (Ks = K rounded up
   to STEP_K); scale float32 `[rows]`; offset int32 `[rows]`), rows >= M: `q` and `scale` of
-  `absmax_int8(x)` (zero past M) and the offset of the layout (module docstring). A row of up to
-  `max_width` columns (a power of two, >= 1024) is loaded once; longer rows are read twice, in
-  chunks of that width. asm: inline PTX (default: unless interpreting; interpret mode computes
-  the same in jnp)."""
-  m, k = x.shape
+  `absmax_int8(v)` (zero past M) and the offset of the layout (module docstring), where v is x
+  (K = Kin) or `prologue(x)` (`sbitnet.ops.prologue`: an RMS norm, K = Kin, or SwiGLU, K = Kin / 2)
+  computed in the same pass. A row of up to `max_width` columns (a power of two, >= 1024) is
+  loaded once; longer rows are read twice, in chunks of that width (three times with a norm).
+  asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp)."""
+  m, k_in = x.shape
+  glu = isinstance(prologue, SwiGLUPrologue)
+  k = k_in // 2 if glu else k_in
   out_k = -(-k // STEP_K) * STEP_K if plane_order else k
   if not jnp.issubdtype(x.dtype, jnp.floating) or rows < m or k == 0:
     raise ValueError(f"quantize_rows takes float x [M, K] with K >= 1 and rows >= M, got "
                      f"{x.dtype} {tuple(x.shape)} and rows={rows}.")
+  if glu and k_in % 2:
+    raise ValueError(f"a SwiGLU prologue takes x [M, 2K] (gate, then up), got {tuple(x.shape)}.")
   if max_width < 1024 or max_width & (max_width - 1):
     raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
+  inputs, norm_eps = [x], None
+  if isinstance(prologue, RMSNormPrologue):
+    if prologue.scale.shape != (k,):
+      raise ValueError(f"the RMS norm's scale has shape {tuple(prologue.scale.shape)}; x "
+                       f"{tuple(x.shape)} needs [{k}].")
+    inputs, norm_eps = [x, prologue.scale], float(prologue.eps)
   width = min(max(1 << (out_k - 1).bit_length(), 1024), max_width)
   kernel = functools.partial(_kernel, width=width, plane_order=plane_order,
-                             asm=not interpret if asm is None else asm)
+                             asm=not interpret if asm is None else asm, norm_eps=norm_eps,
+                             glu=glu)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   return pl.pallas_call(
       kernel,
@@ -143,9 +196,9 @@ def quantize_rows(x: jax.Array, *, rows: int, plane_order: bool, interpret: bool
                  jax.ShapeDtypeStruct((rows,), jnp.float32),
                  jax.ShapeDtypeStruct((rows,), jnp.int32)),
       grid=(rows,),
-      in_specs=[whole],
+      in_specs=[whole] * len(inputs),
       out_specs=(whole, whole, whole),
       compiler_params=pltriton.CompilerParams(num_warps=min(16, max(4, width // 1024)),
                                               num_stages=1),
       interpret=interpret,
-  )(x)
+  )(*inputs)

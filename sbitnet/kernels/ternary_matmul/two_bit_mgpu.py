@@ -37,6 +37,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from sbitnet.kernels.ternary_matmul.pack import TILE_K
 from sbitnet.kernels.ternary_matmul.quantize_rows import STEP_BYTES, STEP_K, quantize_rows
+from sbitnet.ops.prologue import Prologue
 
 MEMORY_REGISTERS = 40
 # Rows of x per CTA at most: four int32 accumulators of [tile_n, rows] per warpgroup (one per
@@ -252,17 +253,18 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
                 x_scale.astype(jnp.float32), col_scale.astype(jnp.float32))
 
 
-def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array, *, config: TwoBitMgpuConfig,
-           out_dtype, interpret: bool = False) -> jax.Array:
-  """`(xq @ t.T) * x_scale * col_scale` as out_dtype `[M, N]` for `xq, x_scale = absmax_int8(x)`,
-  bit-identical to `reference.matmul_int8` cast to out_dtype (exact int32 sums, the same float32
-  products).
+def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
+           prologue: Prologue | None = None, *, config: TwoBitMgpuConfig, out_dtype,
+           interpret: bool = False) -> jax.Array:
+  """`(xq @ t.T) * x_scale * col_scale` as out_dtype `[M, N]` for `xq, x_scale = absmax_int8(x)`
+  (or of `prologue(x)`, computed by `quantize_rows`), bit-identical to `reference.matmul_int8`
+  cast to out_dtype (exact int32 sums, the same float32 products).
 
-  x: float `[M, K]`; codes: uint8 `[N, Kp / 4]`; col_scale: float32 `[N]`. N must be a multiple
+  x: float `[M, K]` (with a prologue, its input); codes: uint8 `[N, Kp / 4]`; col_scale: float32 `[N]`. N must be a multiple
   of the config's CTA rows.
   """
   m = x.shape[0]
-  x_planes, x_scale, off = quantize_rows(x, rows=config.rows(m)[1], plane_order=True,
+  x_planes, x_scale, off = quantize_rows(x, prologue, rows=config.rows(m)[1], plane_order=True,
                                         interpret=interpret)
   parts = matmul_codes(x_planes, codes, off, x_scale, col_scale, config=config,
                        out_dtype=out_dtype, interpret=interpret)
