@@ -2,7 +2,10 @@
 
   python benchmarks/inference.py [--preset=qwen2.5-3b] [--prefill=4096,16384,65536]
       [--decode_batches=1,16,128,512] [--context=512] [--steps=16] [--repeats=3] [--out=DIR]
-      [--profile]
+      [--profile] [--skip_checks]
+
+First (unless --skip_checks), the packed model's logits at each decode batch size against the
+same weights on the XLA path (`check_packed`).
 
 Both models are built in the same run from random weights (no training): the packed one from a
 random latent 6:8 Sparse-BitNet model through `sbitnet.infer.export.pack_model` (linear layers via
@@ -30,12 +33,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from profiling import device_time_summary  # benchmarks/profiling.py, beside this script
 from sbitnet.config import Config, ModelConfig, resolved_model
 from sbitnet.infer.export import materialize_int8, pack_model
 from sbitnet.infer.generation import decode, prefill
+from sbitnet.infer.packed_linear import PackedLinear
 from sbitnet.kernels.ternary_matmul.config import DECODE_MAX_M
 from sbitnet.models import DecoderLM
 from sbitnet.nn import KVCache
@@ -141,6 +146,27 @@ def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats
           **({"profile": trace} if trace else {})}
 
 
+def check_packed(model: DecoderLM, batches: list[int]) -> list[dict]:
+  """The packed model's logits for one token per row (so each linear call has `batch` rows and
+  takes the kernel that decode step would) with default dispatch against the same weights with
+  every linear on the XLA path (norms and gating applied by XLA, int8 XLA dot): relative error,
+  and rows whose greedy token differs."""
+  reference = nnx.merge(*nnx.split(model))
+  for _, module in nnx.iter_graph(reference):
+    if isinstance(module, PackedLinear):
+      module.implementation = "xla"
+  results = []
+  for batch in batches:
+    tokens = jax.random.randint(jax.random.key(batch), (batch, 1), 0, model.model_cfg.vocab_size)
+    a, b = (np.asarray(jax.jit(lambda s, g=nnx.graphdef(m): nnx.merge(g, s)(tokens))(
+        nnx.state(m)), np.float64) for m in (model, reference))
+    err = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    differing = int(np.sum(a[:, -1].argmax(-1) != b[:, -1].argmax(-1)))
+    results.append({"kind": "check", "size": batch, "logits_rel_err": err,
+                    "greedy_tokens_differing": differing, "ok": bool(err < 1e-2)})
+  return results
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default="qwen2.5-3b")
@@ -150,6 +176,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/sbitnet_inference"))
+  parser.add_argument("--skip_checks", action="store_true",
+                      help="do not compare the packed model's logits with its XLA path first")
   parser.add_argument("--profile", action="store_true",
                       help="also trace one decode call per case: device time by kernel and op")
   args = parser.parse_args()
@@ -165,6 +193,11 @@ def main() -> None:
     f.write(json.dumps(header) + "\n")
   prefill_sizes = [int(t) for t in args.prefill.split(",") if t]
   batches = [int(b) for b in args.decode_batches.split(",") if b]
+  if not args.skip_checks:
+    for r in check_packed(models["packed_6of8"], batches):
+      print(json.dumps(r), flush=True)
+      with open(log, "a") as f:
+        f.write(json.dumps(r) + "\n")
   # Priority order: the targets first, the largest (slowest to compile and run) last.
   cases = ([("decode", b) for b in batches if b in (1, 128)] + [("prefill", t) for t in
            prefill_sizes[:2]] + [("decode", b) for b in batches if b not in (1, 128)]

@@ -47,7 +47,7 @@ from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu
 from sbitnet.kernels.ternary_matmul.pack import padded_rows, unpack_codes  # noqa: E402
 from sbitnet.kernels.ternary_matmul.pallas_triton import Config  # noqa: E402
 from sbitnet.kernels.ternary_matmul.quantize_rows import quantize_rows  # noqa: E402
-from sbitnet.ops import absmax_int8  # noqa: E402
+from sbitnet.ops import RMSNormPrologue, SwiGLUPrologue, absmax_int8  # noqa: E402
 from profiling import device_time_summary  # noqa: E402  (benchmarks/profiling.py, beside this)
 
 # (name, K=in, N=out): Qwen2.5 projections (q/o, k/v, gate/up, down) and a 70B-class FFN.
@@ -170,6 +170,7 @@ def check_correctness(log):
     ok &= diff == 0
     log(f"check int8 without split-K bit-identical to XLA ({_short(cfg)}, m={rows}): differing "
         f"outputs={diff} {'ok' if diff == 0 else 'FAIL'}")
+  ok &= check_prologues(p, x, log)
   for k, n, pattern in [(4864, 896, (6, 8)), (896, 4864, (2, 4)), (2048, 1000, (None, None))]:
     w = jax.random.normal(jax.random.key(k), (k, n), jnp.float32)
     a = sparse_quantize_pack(w, *pattern, implementation="pallas")
@@ -179,6 +180,35 @@ def check_correctness(log):
     ok &= good
     log(f"check sparse_quantize k={k} n={n} {pattern}: differing code bytes={diff} "
         f"{'ok' if good else 'FAIL'}")
+  return ok
+
+
+def check_prologues(p, x, log):
+  """The pre-norm and SwiGLU prologues computed in the quantization kernel, against XLA applying
+  them first (jitted, as in a model), through each 2-bit kernel. The same float32 math, but
+  XLA's and Triton's reductions, rsqrt and exp need not round alike on the GPU: the check is the
+  1e-2 tolerance, and the differing int8 activations and outputs are reported."""
+  ok = True
+  k = p.in_features
+  norm = RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(4), (k,), jnp.float32), 1e-6)
+  configs = [(gemv_dp4a.GemvConfig(block_n=8, block_w=128), 1), (Config(block_n=128), 16)] + (
+      [(two_bit_mgpu.TwoBitMgpuConfig(warpgroups=1), 16)] if on_hopper() else [])
+  for name, pro in (("rms_norm", norm), ("swiglu", SwiGLUPrologue())):
+    xin = jnp.concatenate([x, x[::-1]], axis=1) if name == "swiglu" else x
+    q = quantize_rows(xin[:16], pro, rows=16, plane_order=False, interpret=off_gpu())[0]
+    q_xla = jax.jit(lambda v, pro=pro: absmax_int8(pro(v))[0])(xin[:16])
+    log(f"prologue {name}: int8 activations differing from XLA's: "
+        f"{int(jnp.sum(q != q_xla))} of {q.size}")
+    for cfg, rows in configs:
+      ref = np.asarray(jax.jit(lambda v, pro=pro: ternary_matmul(
+          v, p, quantize_x=True, implementation="xla", prologue=pro))(xin[:rows]), np.float64)
+      out = np.asarray(ternary_matmul(xin[:rows], p, quantize_x=True, implementation="pallas",
+                                      config=cfg, prologue=pro), np.float64)
+      err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+      good = bool(np.isfinite(out).all() and err < 1e-2)
+      ok &= good
+      log(f"check prologue {name} fused ({_short(cfg)}, m={rows}): rel_err={err:.2e}, differing "
+          f"outputs={int(np.sum(out != ref))} of {out.size} {'ok' if good else 'FAIL'}")
   return ok
 
 
