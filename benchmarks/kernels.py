@@ -1,6 +1,7 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
-  python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|all]
+  python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|
+                                       prologue|all]
                                [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name] [--profile]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
@@ -8,7 +9,8 @@ tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile con
 more rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
-weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs.
+weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs;
+prologue: activation quantization with the pre-norm or SwiGLU fused in, against XLA computing it.
 --profile (decode, large): also traces the dispatcher's int8 call (pallas_int8) and XLA's bf16
 GEMM and lists their kernels with their GPU time.
 
@@ -184,26 +186,28 @@ def check_correctness(log):
 
 
 def check_prologues(p, x, log):
-  """The pre-norm and SwiGLU prologues computed in the quantization kernel, against XLA applying
-  them first (jitted, as in a model), through each 2-bit kernel. The same float32 math, but
-  XLA's and Triton's reductions, rsqrt and exp need not round alike on the GPU: the check is the
-  1e-2 tolerance, and the differing int8 activations and outputs are reported."""
+  """The pre-norm (with a residual) and SwiGLU prologues computed in the quantization kernel,
+  against XLA applying them first (jitted, as in a model), through each 2-bit kernel. The same
+  float32 math, but XLA's and Triton's reductions, rsqrt and exp need not round alike on the GPU:
+  the check is the 1e-2 tolerance, and the differing int8 activations and outputs are reported."""
   ok = True
-  k = p.in_features
-  norm = RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(4), (k,), jnp.float32), 1e-6)
+  scale = 1 + 0.1 * _nonzero_normal(jax.random.key(4), (p.in_features,), jnp.float32)
+  cases = {"rms_norm+residual": (x, lambda r: RMSNormPrologue(scale, 1e-6, x[::-1][:r])),
+           "swiglu": (jnp.concatenate([x, x[::-1]], axis=1), lambda r: SwiGLUPrologue())}
   configs = [(gemv_dp4a.GemvConfig(block_n=8, block_w=128), 1), (Config(block_n=128), 16)] + (
       [(two_bit_mgpu.TwoBitMgpuConfig(warpgroups=1), 16)] if on_hopper() else [])
-  for name, pro in (("rms_norm", norm), ("swiglu", SwiGLUPrologue())):
-    xin = jnp.concatenate([x, x[::-1]], axis=1) if name == "swiglu" else x
+  for name, (xin, prologue) in cases.items():
+    pro = prologue(16)
     q = quantize_rows(xin[:16], pro, rows=16, plane_order=False, interpret=off_gpu())[0]
-    q_xla = jax.jit(lambda v, pro=pro: absmax_int8(pro(v))[0])(xin[:16])
+    q_xla = jax.jit(lambda v, pro: absmax_int8(pro(v, jnp.float32))[0])(xin[:16], pro)
     log(f"prologue {name}: int8 activations differing from XLA's: "
         f"{int(jnp.sum(q != q_xla))} of {q.size}")
     for cfg, rows in configs:
-      ref = np.asarray(jax.jit(lambda v, pro=pro: ternary_matmul(
-          v, p, quantize_x=True, implementation="xla", prologue=pro))(xin[:rows]), np.float64)
+      ref = np.asarray(jax.jit(lambda v, pro: ternary_matmul(
+          v, p, quantize_x=True, implementation="xla", prologue=pro))(xin[:rows], prologue(rows)),
+          np.float64)
       out = np.asarray(ternary_matmul(xin[:rows], p, quantize_x=True, implementation="pallas",
-                                      config=cfg, prologue=pro), np.float64)
+                                      config=cfg, prologue=prologue(rows)), np.float64)
       err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
       good = bool(np.isfinite(out).all() and err < 1e-2)
       ok &= good
@@ -568,6 +572,39 @@ def bench_ceiling(shapes, log, peaks):
   return rows
 
 
+def bench_prologue(ms, log):
+  """Activation quantization with a prologue (the 3B model's pre-norm with its residual, K =
+  2048; SwiGLU ahead of the down projection, K = 11008), natural order: XLA computing the
+  prologue (bf16 out) then `quantize_rows`, as the model did before, against `quantize_rows`
+  computing it in the same kernel at several row widths held in registers (`max_width`: longer
+  rows are read in chunks)."""
+  rows = []
+  interpret = off_gpu()
+  for name, k in (("rms_norm+residual", 2048), ("swiglu", 11008)):
+    for m in ms:
+      width = 2 * k if name == "swiglu" else k
+      sets = []
+      for i in range(4):
+        key = jax.random.key(1000 * m + i)
+        x = _nonzero_normal(key, (m, width), jnp.bfloat16)
+        pro = (SwiGLUPrologue() if name == "swiglu" else
+               RMSNormPrologue(jnp.ones((k,), jnp.float32), 1e-6, x[::-1]))
+        sets.append((x, pro))
+      res = {"xla_prologue_then_kernel": timed(
+          lambda x, pro: quantize_rows(pro(x), rows=m, plane_order=False,
+                                       interpret=interpret)[0], sets, 5e-6)}
+      for max_width in (32768, 8192, 4096):
+        if max_width == 32768 or max_width < k:  # rows wider than max_width go in chunks
+          res[f"fused_w{max_width}"] = timed(
+              lambda x, pro, w=max_width: quantize_rows(x, pro, rows=m, plane_order=False,
+                                                        interpret=interpret, max_width=w)[0],
+              sets, 5e-6)
+      rows.append(dict(prologue=name, k=k, m=m, **{key: v * 1e6 for key, v in res.items()}))
+      log(f"  prologue {name:18s} k={k} m={m:4d}: " +
+          " ".join(f"{key}={v * 1e6:.2f}us" for key, v in res.items()))
+  return rows
+
+
 def bench_kernel_only(shapes, m, log):
   """The Pallas call alone (x pre-quantized) at the default config, with the inline-asm decode and
   with the jnp decode, against the whole op."""
@@ -696,7 +733,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
                   choices=("decode", "large", "fused", "sweep", "gemv", "mgpu2bit", "ceiling",
-                           "kernelonly", "int8gemm", "all"))
+                           "kernelonly", "int8gemm", "prologue", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -751,6 +788,9 @@ def main():
     result["matmul"] = rows
   if args.part in ("fused", "all"):
     result["fused"] = bench_fused(log)
+  if args.part in ("prologue", "all"):
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 16, 128)
+    result["prologue"] = bench_prologue(ms, log)
   if args.part in ("int8gemm", "all"):
     names = [s for s in INT8_GEMM_SHAPES if not args.shapes or s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else INT8_GEMM_MS

@@ -1,4 +1,9 @@
-"""Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+"""Pre-norm decoder block: `h = x + attn(norm(x))`, then `h + mlp(norm(h))`.
+
+The norms are passed to the linear layers as prologues (`sbitnet.ops.prologue`), the MLP's with
+the residual stream, so that `h` is never materialised on its own: the packed model computes
+`norm(x + attn)` inside its activation quantization and XLA sums `x + attn + mlp` in one pass.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +32,11 @@ class DecoderBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x `[B, T, d_model]` -> same shape and dtype."""
-    x = x + self.attn(x, cos, sin, self.attn_norm.prologue())
-    return x + self.mlp(x, self.mlp_norm.prologue())
+    attn = self.attn(x, cos, sin, self.attn_norm.prologue())
+    return x + attn + self.mlp(attn, self.mlp_norm.prologue(residual=x))
 
   def with_cache(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                  cache: KVCache) -> tuple[jax.Array, KVCache]:
     """`__call__` that also stores this layer's keys and values (see `Attention.with_cache`)."""
     attn, cache = self.attn.with_cache(x, cos, sin, cache, self.attn_norm.prologue())
-    x = x + attn
-    return x + self.mlp(x, self.mlp_norm.prologue()), cache
+    return x + attn + self.mlp(attn, self.mlp_norm.prologue(residual=x)), cache

@@ -21,7 +21,7 @@ class RMSNorm(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     return rms_norm(x, self.scale[...], self.eps)
 
-  def prologue(self) -> RMSNormPrologue:
-    """This norm as the prologue of the linear layer it feeds (`linear(x, prologue=...)` computes
-    `linear(norm(x))`; the packed model fuses it into its activation quantization)."""
-    return RMSNormPrologue(self.scale[...], self.eps)
+  def prologue(self, residual: jax.Array | None = None) -> RMSNormPrologue:
+    """This norm as the prologue of the linear layer it feeds: `linear(x, prologue=...)` computes
+    `linear(norm(x + residual))` (the packed model fuses it into its activation quantization)."""
+    return RMSNormPrologue(self.scale[...], self.eps, residual)

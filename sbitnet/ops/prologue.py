@@ -2,9 +2,13 @@
 
 A layer that gets one as `prologue=` computes `f(x)` itself, so that on the GPU the packed model's
 kernels can fuse it into the per-token activation quantization (one kernel per call instead of
-the op's own kernels plus the quantization). The math is the same on every path:
+the op's own kernels plus the quantization). The math is float32 on every path, rounded once to
+the output dtype; a quantizing caller takes the float32 result (`out_dtype=jnp.float32`), so no
+rounding to x's dtype happens between the op and the quantization (XLA drops such a rounding
+inside a fusion anyway, so keeping it would make the result depend on XLA's fusion decisions):
 
-- `RMSNormPrologue(scale, eps)`: `rms_norm`, x `[..., K]` -> `[..., K]`;
+- `RMSNormPrologue(scale, eps, residual)`: `rms_norm`, x `[..., K]` -> `[..., K]`, with the
+  residual stream added first when given (a pre-norm after a residual add);
 - `SwiGLUPrologue()`: `swiglu`, x `[..., 2K]` (gate, then up) -> `[..., K]`.
 """
 
@@ -16,33 +20,38 @@ import jax
 import jax.numpy as jnp
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-  """`x / sqrt(mean(x², axis=-1) + eps) * scale` for x `[..., K]`, scale `[K]`: computed in
-  float32 (the mean as a sum divided by K), returned in `x.dtype`."""
-  x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, residual: jax.Array | None = None,
+             out_dtype=None) -> jax.Array:
+  """`v / sqrt(mean(v², axis=-1) + eps) * scale` with `v = x (+ residual)` for x (and residual)
+  `[..., K]`, scale `[K]`: computed in float32, returned in `out_dtype` (default x's dtype)."""
+  v = x.astype(jnp.float32)
+  if residual is not None:
+    v = v + residual.astype(jnp.float32)
+  y = v * jax.lax.rsqrt(jnp.mean(v * v, axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32)).astype(out_dtype or x.dtype)
 
 
-def swiglu(x: jax.Array) -> jax.Array:
+def swiglu(x: jax.Array, out_dtype=None) -> jax.Array:
   """`silu(gate) * up` for x `[..., 2K]` = `[gate | up]`, computed in float32 and returned in
-  `x.dtype` `[..., K]` (silu(g) = g · sigmoid(g))."""
+  `out_dtype` (default x's dtype) `[..., K]` (silu(g) = g · sigmoid(g))."""
   width = x.shape[-1]
   if width % 2:
     raise ValueError(f"swiglu takes [..., 2K] (gate, then up), got a last axis of {width}.")
   gate, up = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  return (jax.nn.silu(gate) * up).astype(x.dtype)
+  return (jax.nn.silu(gate) * up).astype(out_dtype or x.dtype)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class RMSNormPrologue:
-  """`rms_norm(x, scale, eps)` as a linear layer's prologue; scale float `[K]`."""
+  """`rms_norm(x, scale, eps, residual)` as a linear layer's prologue; scale float `[K]`;
+  residual, if given, shaped like x (the layer normalizes `x + residual`)."""
   scale: jax.Array
   eps: float = dataclasses.field(metadata={"static": True})
+  residual: jax.Array | None = None
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return rms_norm(x, self.scale, self.eps)
+  def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
+    return rms_norm(x, self.scale, self.eps, self.residual, out_dtype)
 
   def input_width(self, in_features: int) -> int:
     """The width of x that gives a layer of `in_features` inputs."""
@@ -54,8 +63,8 @@ class RMSNormPrologue:
 class SwiGLUPrologue:
   """`swiglu(x)` as a linear layer's prologue: the layer takes `[gate | up]`, twice its width."""
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return swiglu(x)
+  def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
+    return swiglu(x, out_dtype)
 
   def input_width(self, in_features: int) -> int:
     return 2 * in_features

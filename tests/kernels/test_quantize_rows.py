@@ -63,20 +63,24 @@ def test_quantize_rows_lowers_for_the_gpu_and_checks_its_inputs(k):
 
 
 @pytest.mark.parametrize("plane_order", [True, False], ids=["planes", "natural"])
-@pytest.mark.parametrize("prologue,max_width", [("rms_norm", 32768), ("rms_norm", 1024),
-                                                ("swiglu", 32768), ("swiglu", 1024)], ids=str)
+@pytest.mark.parametrize("prologue,max_width", [
+    ("rms_norm", 32768), ("rms_norm", 1024), ("rms_norm+residual", 32768),
+    ("rms_norm+residual", 1024), ("swiglu", 32768), ("swiglu", 1024)], ids=str)
 def test_quantize_rows_with_a_prologue_is_absmax_int8_of_its_result(prologue, max_width,
                                                                     plane_order):
-  """Interpret mode, exact: the RMS norm or SwiGLU computed in the kernel (row in registers, or
-  read in chunks: three passes with the norm), then quantized, against `absmax_int8` of the
-  prologue applied by `sbitnet.ops`; rows past M come out zero."""
+  """Interpret mode, exact: the RMS norm (of x, or of x + a residual) or SwiGLU computed in the
+  kernel (row in registers, or read in chunks: three passes with the norm), then quantized,
+  against `absmax_int8` of the prologue's float32 result from `sbitnet.ops`; rows past M come
+  out zero."""
   m, k, rows = 3, 2600, 8
-  pro = (SwiGLUPrologue() if prologue == "swiglu" else
-         RMSNormPrologue(jnp.linspace(-1.5, 2.0, k, dtype=jnp.float32), 1e-5))
   x = activations(jax.random.key(5), (m, 2 * k if prologue == "swiglu" else k), jnp.bfloat16)
+  residual = activations(jax.random.key(6), x.shape, jnp.bfloat16)
+  pro = (SwiGLUPrologue() if prologue == "swiglu" else
+         RMSNormPrologue(jnp.linspace(-1.5, 2.0, k, dtype=jnp.float32), 1e-5,
+                         residual if prologue.endswith("residual") else None))
   q, scale, offset = quantize_rows(x, pro, rows=rows, plane_order=plane_order, interpret=True,
                                    max_width=max_width)
-  xq, x_scale = absmax_int8(pro(x))
+  xq, x_scale = absmax_int8(pro(x, jnp.float32))
   expected = (_plane_order(np.asarray(xq), rows) if plane_order else
               np.pad(np.asarray(xq), ((0, rows - m), (0, 0))))
   np.testing.assert_array_equal(np.asarray(q), expected)
@@ -91,13 +95,18 @@ def test_quantize_rows_with_a_prologue_is_absmax_int8_of_its_result(prologue, ma
 def test_quantize_rows_with_prologues_lowers_for_the_gpu(k):
   """Both prologues lowered to Triton IR on the CPU (sigmoid, rsqrt, the casts), in one pass
   and in chunks; a norm scale of the wrong width is refused."""
-  for pro, width in [(SwiGLUPrologue(), 2 * k), (RMSNormPrologue(jnp.ones(k), 1e-6), k)]:
+  for pro, width in [(SwiGLUPrologue(), 2 * k), (RMSNormPrologue(jnp.ones(k), 1e-6), k),
+                     (RMSNormPrologue(jnp.ones(k), 1e-6, jnp.ones((5, k), jnp.bfloat16)), k)]:
     quantize = functools.partial(quantize_rows, rows=16, plane_order=False, asm=True)
     text = jax.jit(quantize).trace(jax.ShapeDtypeStruct((5, width), jnp.bfloat16), pro).lower(
         lowering_platforms=("cuda",)).as_text()
     assert "xla.gpu.triton" in text
   with pytest.raises(ValueError, match=r"scale has shape \(7,\); x \(4, 64\) needs \[64\]"):
     quantize_rows(jnp.ones((4, 64), jnp.bfloat16), RMSNormPrologue(jnp.ones(7), 1e-6), rows=4,
+                  plane_order=False)
+  with pytest.raises(ValueError, match=r"residual has shape \(4, 32\); x \(4, 64\) needs"):
+    quantize_rows(jnp.ones((4, 64), jnp.bfloat16),
+                  RMSNormPrologue(jnp.ones(64), 1e-6, jnp.ones((4, 32))), rows=4,
                   plane_order=False)
   with pytest.raises(ValueError, match=r"SwiGLU prologue takes x \[M, 2K\].*\(4, 63\)"):
     quantize_rows(jnp.ones((4, 63), jnp.bfloat16), SwiGLUPrologue(), rows=4, plane_order=False)

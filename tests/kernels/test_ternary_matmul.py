@@ -509,26 +509,29 @@ def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkey
   assert taken == [TwoBitMgpuConfig(tile_n=64, warpgroups=1), config_lib.choose(16, 128, 256, True)]
 
 
-@pytest.mark.parametrize("prologue", ["rms_norm", "swiglu"])
+@pytest.mark.parametrize("prologue", ["rms_norm+residual", "swiglu"])
 @pytest.mark.parametrize("m,config", [
     (1, GemvConfig(block_n=16, block_w=16)), (5, Config(block_m=16, block_n=32, split_k=2)),
     (20, TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16))],
     ids=["gemv", "triton", "mosaic"])
 def test_prologue_fused_into_the_quantization_equals_xla_applying_it_first(m, config, prologue):
   """Each 2-bit kernel with the prologue computed in its activation-quantization kernel
-  (interpret mode) against the XLA path, which applies it to x before quantizing: the same
-  float32 math and roundings, so bit-identical. The int8 GEMM path applies it in XLA too."""
+  (interpret mode) against the XLA path, which applies it to x before quantizing (from its
+  float32 result): the same float32 math, so bit-identical; x has leading dims [2, m], as in a
+  model. The int8 GEMM path applies it in XLA too."""
   k, n = 712, 96
   _, _, _, p = _case(23 + m, m, k, n, (6, 8))
-  x = activations(jax.random.key(m), (m, 2 * k if prologue == "swiglu" else k))
+  x = activations(jax.random.key(m), (2, m, 2 * k if prologue == "swiglu" else k))
   pro = (SwiGLUPrologue() if prologue == "swiglu" else
-         RMSNormPrologue(jnp.linspace(0.5, 2.0, k, dtype=jnp.float32), 1e-6))
-  ref = ternary_matmul(pro(x), p, quantize_x=True, implementation="xla")
-  np.testing.assert_array_equal(ternary_matmul(x, p, quantize_x=True, implementation="xla",
-                                               prologue=pro), ref)
+         RMSNormPrologue(jnp.linspace(0.5, 2.0, k, dtype=jnp.float32), 1e-6,
+                         activations(jax.random.key(7), x.shape)))
+  ref = ternary_matmul(x, p, quantize_x=True, implementation="xla", prologue=pro)
+  np.testing.assert_array_equal(
+      ternary_matmul(pro(x, jnp.float32), p, quantize_x=True,
+                     implementation="xla").astype(x.dtype), ref)
   out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
                        prologue=pro)
-  assert out.shape == (m, n)
+  assert out.shape == (2, m, n)
   np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
   gemm = ternary_matmul(x, p, quantize_x=True, implementation="pallas", prologue=pro,
                         config=GemmConfig(block_m=16, block_n=32, block_k=64))
@@ -541,6 +544,8 @@ def test_prologue_errors_name_the_problem():
     ternary_matmul(x, p, prologue=SwiGLUPrologue())
   with pytest.raises(ValueError, match="prologue=.*is not valid; pass one of"):
     ternary_matmul(x, p, prologue=jax.nn.relu)
+  with pytest.raises(ValueError, match=r"residual has shape \(2, 64\); it must be shaped like x"):
+    ternary_matmul(x, p, prologue=RMSNormPrologue(jnp.ones(128), 1e-6, x[:, :64]))
   with pytest.raises(ValueError, match=r"the RMS norm's scale has shape \(64,\).*needs \[128\]"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                    prologue=RMSNormPrologue(jnp.ones(64), 1e-6))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -33,6 +34,10 @@ def _check_inputs(x: jax.Array, p: PackedTernary, implementation: str | None,
     raise ValueError(f"prologue={prologue!r} is not valid; pass one of "
                      f"{[c.__name__ for c in PROLOGUES]} (sbitnet.ops) or None.")
   width = p.in_features if prologue is None else prologue.input_width(p.in_features)
+  residual = getattr(prologue, "residual", None)
+  if residual is not None and residual.shape != x.shape:
+    raise ValueError(f"the prologue's residual has shape {tuple(residual.shape)}; it must be "
+                     f"shaped like x {tuple(x.shape)}.")
   if x.ndim < 1 or x.shape[-1] != width:
     given = "" if prologue is None else f" with {type(prologue).__name__}"
     raise ValueError(f"x has shape {tuple(x.shape)} but the packed weight is {p.shape} "
@@ -62,6 +67,13 @@ def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: b
   if m <= config_lib.two_bit_max_m(quantize_x, int8_weight_kept):
     return "pallas"
   return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k, on_hopper()) else "xla"
+
+
+def _rows(prologue: Prologue, m: int) -> Prologue:
+  """The prologue for x reshaped to `[m, K]` (its residual likewise)."""
+  if isinstance(prologue, RMSNormPrologue) and prologue.residual is not None:
+    return dataclasses.replace(prologue, residual=prologue.residual.reshape(m, -1))
+  return prologue
 
 
 def _round_up(size: int, multiple: int) -> int:
@@ -235,8 +247,9 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     prologue: a row-wise op applied to x first (`sbitnet.ops.RMSNormPrologue`, a pre-norm, or
       `SwiGLUPrologue`, the gating ahead of a down projection). The 2-bit kernels with
       `quantize_x` compute it in their activation-quantization kernel; every other path applies
-      it in XLA first. In float32 with one rounding to x's dtype either way, so on the GPU the
-      two can differ in the last bit of a value (an int8 step at a rounding tie).
+      it in XLA first. In float32 either way, quantized from float32 with `quantize_x` (else
+      rounded to x's dtype); on the GPU XLA's and the kernel's reductions and transcendentals
+      can round differently in the last bit (an int8 step where a value sits at a tie).
 
   Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(ax, None),
   scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
@@ -264,8 +277,10 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       isinstance(config, INT8_GEMM_CONFIGS)
       or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
   two_bit_quantizing = impl == "pallas" and quantize_x and not int8_gemm_path
+  prologue = None if prologue is None else _rows(prologue, m)
   if prologue is not None and not two_bit_quantizing:
-    x2, prologue = prologue(x2), None
+    # Quantizing paths take the float32 result, as the fused kernel does.
+    x2, prologue = prologue(x2, jnp.float32 if quantize_x else None), None
   if quantize_x and (impl == "xla" or int8_gemm_path):
     xq, x_scale = absmax_int8(x2)
     t = reference.unpack_int8(p) if int8_weight is None else int8_weight

@@ -1,7 +1,7 @@
 """Pallas (Triton backend): one pass that prepares int8 activations for the 2-bit kernels.
 
 Per row r of x `[M, K]` (float; or of `prologue(x)`, an RMS norm or SwiGLU computed in the same
-pass, `sbitnet.ops.prologue`), bit for bit as `absmax_int8` computes them (XLA):
+pass in float32, `sbitnet.ops.prologue`), bit for bit as `absmax_int8` computes them (XLA):
 
   amax = max_k |x[r, k]|,   s = 127 / max(amax, EPS),   q = clip(round(x[r] · s), -128, 127)
   scale[r] = 1 / s,   offset[r] = a sum of q (below)
@@ -78,14 +78,15 @@ def _source_columns(width: int, plane_order: bool) -> jax.Array:
 
 
 def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | None,
-            glu: bool):
-  """Refs: x `[M, Kin]`, the norm's scale `[K]` (with `norm_eps`), then the outputs. Row values
-  v(x) (the linear's input): `x`; with `glu` `swiglu(x)` (Kin = 2K); with `norm_eps`
-  `rms_norm(x, scale, eps)`, both in x's dtype as `sbitnet.ops.prologue` computes them."""
-  if norm_eps is None:
-    (x_ref, q_ref, scale_ref, offset_ref), norm_ref = refs, None
-  else:
-    x_ref, norm_ref, q_ref, scale_ref, offset_ref = refs
+            residual: bool, glu: bool):
+  """Refs: x `[M, Kin]`, the residual `[M, K]` (with `residual`), the norm's scale `[K]` (with
+  `norm_eps`), then the outputs. Row values v (the linear's input), float32 as
+  `sbitnet.ops.prologue` computes them: `x`; with `glu` `swiglu(x)` (Kin = 2K); with `norm_eps`
+  `rms_norm(x, scale, eps, residual)`."""
+  x_ref, *refs = refs
+  res_ref = refs.pop(0) if residual else None
+  norm_ref = refs.pop(0) if norm_eps is not None else None
+  q_ref, scale_ref, offset_ref = refs
   row = pl.program_id(0)
   (m, k_in), out_k = x_ref.shape, q_ref.shape[1]
   k = k_in // 2 if glu else k_in
@@ -95,9 +96,6 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
   place = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
   summed = place % STEP_K < 3 * STEP_BYTES if plane_order else True
 
-  def rounded(v):  # float32 -> x's dtype -> float32, as the XLA path stores the prologue's result
-    return v.astype(x_ref.dtype).astype(jnp.float32)
-
   def load(c):
     """Chunk c of the row in output order before any norm, float32, and its columns."""
     cols = columns + c * width
@@ -105,15 +103,17 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
     at = jnp.minimum(row, m - 1)
     v = pltriton.load(x_ref.at[at, cols], mask=ok, other=0).astype(jnp.float32)
     if glu:
-      up = pltriton.load(x_ref.at[at, cols + k], mask=ok, other=0).astype(jnp.float32)
-      v = rounded(jax.nn.silu(v) * up)
+      v = jax.nn.silu(v) * pltriton.load(x_ref.at[at, cols + k], mask=ok,
+                                         other=0).astype(jnp.float32)
+    if res_ref is not None:
+      v = v + pltriton.load(res_ref.at[at, cols], mask=ok, other=0).astype(jnp.float32)
     return v, cols, ok
 
   def normalize(v, cols, ok, inv_rms):
     if norm_ref is None:
       return v
     scale = pltriton.load(norm_ref.at[cols], mask=ok, other=0).astype(jnp.float32)
-    return rounded(v * inv_rms * scale)
+    return v * inv_rms * scale
 
   def norm_factor(sum_squares):
     if norm_ref is None:
@@ -164,8 +164,8 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
   """x float `[M, Kin]` -> (q int8 `[rows, K]`, or `[rows, Ks]` in plane order (Ks = K rounded up
   to STEP_K); scale float32 `[rows]`; offset int32 `[rows]`), rows >= M: `q` and `scale` of
   `absmax_int8(v)` (zero past M) and the offset of the layout (module docstring), where v is x
-  (K = Kin) or `prologue(x)` (`sbitnet.ops.prologue`: an RMS norm, K = Kin, or SwiGLU, K = Kin / 2)
-  computed in the same pass. A row of up to `max_width` columns (a power of two, >= 1024) is
+  (K = Kin) or `prologue(x, jnp.float32)` (`sbitnet.ops.prologue`: an RMS norm with or without a
+  residual, K = Kin, or SwiGLU, K = Kin / 2) computed in the same pass. A row of up to `max_width` columns (a power of two, >= 1024) is
   loaded once; longer rows are read twice, in chunks of that width (three times with a norm).
   asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp)."""
   m, k_in = x.shape
@@ -179,16 +179,21 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
     raise ValueError(f"a SwiGLU prologue takes x [M, 2K] (gate, then up), got {tuple(x.shape)}.")
   if max_width < 1024 or max_width & (max_width - 1):
     raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
-  inputs, norm_eps = [x], None
+  inputs, norm_eps, residual = [x], None, False
   if isinstance(prologue, RMSNormPrologue):
     if prologue.scale.shape != (k,):
       raise ValueError(f"the RMS norm's scale has shape {tuple(prologue.scale.shape)}; x "
                        f"{tuple(x.shape)} needs [{k}].")
-    inputs, norm_eps = [x, prologue.scale], float(prologue.eps)
+    residual = prologue.residual is not None
+    if residual and prologue.residual.shape != x.shape:
+      raise ValueError(f"the residual has shape {tuple(prologue.residual.shape)}; x "
+                       f"{tuple(x.shape)} needs the same.")
+    inputs = [x, *([prologue.residual] if residual else []), prologue.scale]
+    norm_eps = float(prologue.eps)
   width = min(max(1 << (out_k - 1).bit_length(), 1024), max_width)
   kernel = functools.partial(_kernel, width=width, plane_order=plane_order,
                              asm=not interpret if asm is None else asm, norm_eps=norm_eps,
-                             glu=glu)
+                             residual=residual, glu=glu)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   return pl.pallas_call(
       kernel,
