@@ -575,9 +575,9 @@ def bench_ceiling(shapes, log, peaks):
 def bench_prologue(ms, log):
   """Activation quantization with a prologue (the 3B model's pre-norm with its residual, K =
   2048; SwiGLU ahead of the down projection, K = 11008), natural order: XLA computing the
-  prologue (bf16 out) then `quantize_rows`, as the model did before, against `quantize_rows`
-  computing it in the same kernel at several row widths held in registers (`max_width`: longer
-  rows are read in chunks)."""
+  prologue (float32 out) then `quantize_rows`, the dispatcher's unfused path, against
+  `quantize_rows` computing it in the same kernel at several row widths held in registers
+  (`max_width`: longer rows are read in chunks)."""
   rows = []
   interpret = off_gpu()
   for name, k in (("rms_norm+residual", 2048), ("swiglu", 11008)):
@@ -591,7 +591,7 @@ def bench_prologue(ms, log):
                RMSNormPrologue(jnp.ones((k,), jnp.float32), 1e-6, x[::-1]))
         sets.append((x, pro))
       res = {"xla_prologue_then_kernel": timed(
-          lambda x, pro: quantize_rows(pro(x), rows=m, plane_order=False,
+          lambda x, pro: quantize_rows(pro(x, jnp.float32), rows=m, plane_order=False,
                                        interpret=interpret)[0], sets, 5e-6)}
       for max_width in (32768, 8192, 4096):
         if max_width == 32768 or max_width < k:  # rows wider than max_width go in chunks

@@ -549,3 +549,10 @@ def test_prologue_errors_name_the_problem():
   with pytest.raises(ValueError, match=r"the RMS norm's scale has shape \(64,\).*needs \[128\]"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                    prologue=RMSNormPrologue(jnp.ones(64), 1e-6))
+
+
+def test_dispatcher_fuses_the_prologues_where_they_measured_faster():
+  """The norm always; SwiGLU (one program per row reading gate and up) from 128 rows only."""
+  assert all(config_lib.prologue_fused(False, m) for m in (1, 16, 128, 512))
+  assert [config_lib.prologue_fused(True, m) for m in (1, 16, 64, 128, 512)] == [
+      False, False, False, True, True]

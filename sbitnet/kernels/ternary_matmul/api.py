@@ -245,11 +245,12 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
     prologue: a row-wise op applied to x first (`sbitnet.ops.RMSNormPrologue`, a pre-norm, or
-      `SwiGLUPrologue`, the gating ahead of a down projection). The 2-bit kernels with
-      `quantize_x` compute it in their activation-quantization kernel; every other path applies
-      it in XLA first. In float32 either way, quantized from float32 with `quantize_x` (else
-      rounded to x's dtype); on the GPU XLA's and the kernel's reductions and transcendentals
-      can round differently in the last bit (an int8 step where a value sits at a tie).
+      `SwiGLUPrologue`, the gating ahead of a down projection). The 2-bit kernels with `quantize_x`
+      compute it in their activation-quantization kernel (with `config=None` where that measured
+      faster, `config.prologue_fused`); every other path applies it in XLA first. In float32 either
+      way, quantized from float32 with `quantize_x` (else rounded to x's dtype); on the GPU XLA's
+      and the kernel's reductions and transcendentals can round differently in the last bit (an int8
+      step where a value sits at a tie).
 
   Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(ax, None),
   scale=P(ax))` is its spec) and pass `check_vma=False` when the Pallas path runs.
@@ -276,9 +277,10 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   int8_gemm_path = impl == "pallas" and quantize_x and (
       isinstance(config, INT8_GEMM_CONFIGS)
       or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
-  two_bit_quantizing = impl == "pallas" and quantize_x and not int8_gemm_path
+  fused = impl == "pallas" and quantize_x and not int8_gemm_path and (
+      config is not None or config_lib.prologue_fused(isinstance(prologue, SwiGLUPrologue), m))
   prologue = None if prologue is None else _rows(prologue, m)
-  if prologue is not None and not two_bit_quantizing:
+  if prologue is not None and not fused:
     # Quantizing paths take the float32 result, as the fused kernel does.
     x2, prologue = prologue(x2, jnp.float32 if quantize_x else None), None
   if quantize_x and (impl == "xla" or int8_gemm_path):

@@ -32,6 +32,12 @@ TWO_BIT_MAX_M = 512
 GEMV_MAX_M = 1
 GEMV_MAX_ROWS = 32
 GEMV_MIN_PROGRAMS = 600
+# The activation quantization computes a prologue itself (`quantize_rows`) rather than after XLA
+# computes it: the RMS norm always (3B pre-norm with its residual, K = 2048, H200: 4.2 vs 5.1 us
+# at 1 row, 5.1 vs 5.5 at 16, 5.7 vs 6.3 at 128), SwiGLU from this M (K = 11008: 8.3 vs 9.3 us
+# at 128 rows, but 6.5 vs 5.8 at 1 and 8.0 vs 7.1 at 16, where one program per row reads the
+# 44 KB of gate and up alone and XLA's elementwise kernel spreads them over the SMs).
+SWIGLU_FUSED_MIN_M = 128
 # Programs wanted per launch (several waves on a 132-SM H100/H200, so that each SM has several
 # programs' loads in flight); split-K supplies them when N alone is too narrow.
 TARGET_PROGRAMS = 896
@@ -81,6 +87,12 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
 def gemv_wins(m: int) -> bool:
   """Whether the dp4a GEMV beat the 2-bit MMA kernel for int8 x with m rows (H200)."""
   return m <= GEMV_MAX_M
+
+
+def prologue_fused(glu: bool, m: int) -> bool:
+  """Whether `quantize_rows` computes the prologue of an m-row call (SwiGLU if `glu`, else the
+  RMS norm) itself: where it measured faster than XLA's kernel for it ahead (H200)."""
+  return not glu or m >= SWIGLU_FUSED_MIN_M
 
 
 def choose_gemv(m: int, n: int) -> GemvConfig:

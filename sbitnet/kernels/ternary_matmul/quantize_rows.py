@@ -165,8 +165,9 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
   to STEP_K); scale float32 `[rows]`; offset int32 `[rows]`), rows >= M: `q` and `scale` of
   `absmax_int8(v)` (zero past M) and the offset of the layout (module docstring), where v is x
   (K = Kin) or `prologue(x, jnp.float32)` (`sbitnet.ops.prologue`: an RMS norm with or without a
-  residual, K = Kin, or SwiGLU, K = Kin / 2) computed in the same pass. A row of up to `max_width` columns (a power of two, >= 1024) is
-  loaded once; longer rows are read twice, in chunks of that width (three times with a norm).
+  residual, K = Kin, or SwiGLU, K = Kin / 2) computed in the same pass. A row of up to
+  `max_width` columns (a power of two, >= 1024) is loaded once; longer rows are read twice, in
+  chunks of that width (three times with a norm).
   asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp)."""
   m, k_in = x.shape
   glu = isinstance(prologue, SwiGLUPrologue)

@@ -260,8 +260,8 @@ def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
   (or of `prologue(x)`, computed by `quantize_rows`), bit-identical to `reference.matmul_int8`
   cast to out_dtype (exact int32 sums, the same float32 products).
 
-  x: float `[M, K]` (with a prologue, its input); codes: uint8 `[N, Kp / 4]`; col_scale: float32 `[N]`. N must be a multiple
-  of the config's CTA rows.
+  x: float `[M, K]` (with a prologue, its input); codes: uint8 `[N, Kp / 4]`; col_scale: float32
+  `[N]`. N must be a multiple of the config's CTA rows.
   """
   m = x.shape[0]
   x_planes, x_scale, off = quantize_rows(x, prologue, rows=config.rows(m)[1], plane_order=True,
