@@ -152,10 +152,10 @@ def check_packed(model: DecoderLM, batches: list[int]) -> list[dict]:
   takes the kernel that decode step would) with default dispatch against the same weights with
   every linear on the XLA path (norms and gating applied by XLA, int8 XLA dot): relative error,
   and rows whose greedy token differs. Each kernel is bit-identical to XLA on its own
-  (benchmarks/kernels.py), but through 36 random-weight layers last-bit differences (such as XLA
-  rewriting the jitted scale division, docs/kernels.md) flip int8 roundings and grow: H200, qwen2.5-3b
-  shapes, 3-8 % of the logits' norm with this code and with the code before the fused prologues
-  alike. The bound, LOGITS_REL_ERR_BOUND, is there to catch wiring errors, which are O(1)."""
+  (benchmarks/kernels.py), but through 36 random-weight layers last-bit differences (such as
+  XLA rewriting the jitted scale division, docs/kernels.md) flip int8 roundings and grow: H200,
+  qwen2.5-3b shapes, 3-8 % of the logits' norm with this code and with the code before the fused
+  prologues alike. The bound, LOGITS_REL_ERR_BOUND, is there to catch wiring errors, which are O(1)."""
   reference = nnx.merge(*nnx.split(model))
   for _, module in nnx.iter_graph(reference):
     if isinstance(module, PackedLinear):

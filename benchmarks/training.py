@@ -13,7 +13,6 @@ say where the extra time of the BitNet arms goes. Prints a table; writes JSON an
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os

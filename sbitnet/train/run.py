@@ -15,7 +15,7 @@ from absl import logging
 from flax import nnx
 
 from sbitnet import data as data_lib
-from sbitnet.checkpoint import Checkpointer, CheckpointMismatch, checkpoint_dir, model_meta
+from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta
 from sbitnet.config import Config, ConfigError, ModelConfig, resolved_model, to_json, validate
 from sbitnet.metrics import MetricsWriter, peak_flops
 from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
@@ -24,7 +24,7 @@ from sbitnet.train import schedules
 from sbitnet.train.optimizer import make_optimizer
 from sbitnet.train.preemption import StopRequest
 from sbitnet.train.progress import Progress
-from sbitnet.train.state import TrainState, create_train_state
+from sbitnet.train.state import create_train_state
 from sbitnet.train.step import (evaluate, flip_rate, make_eval_step, make_stats_step,
                                 make_train_step)
 

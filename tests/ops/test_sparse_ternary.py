@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbitnet.ops import (absmean_ternary, bitlinear, nm_mask, quantize_activations,
-                         sparse_ternary_dot_general, sparse_ternary_weight)
+from sbitnet.ops import (bitlinear, quantize_activations, sparse_ternary_dot_general,
+                         sparse_ternary_weight)
 from tests.ops import reference
 
 W = jax.random.normal(jax.random.key(0), (32, 24)) * 0.02
