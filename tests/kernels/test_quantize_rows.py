@@ -18,6 +18,21 @@ def _plane_order(xq: np.ndarray, rows: int) -> np.ndarray:
   return x.reshape(rows, ks // 512, 4, 4, 32).transpose(0, 1, 3, 2, 4).reshape(rows, ks)
 
 
+def _assert_layout(q, scale, offset, xq, x_scale, plane_order: bool) -> None:
+  """`quantize_rows`'s outputs (rows >= M) against `absmax_int8`'s: q in plane or natural order,
+  zero-padded; the scale, zero past M; the offset, the sum over planes 0-2 or over all of K."""
+  rows, m = q.shape[0], xq.shape[0]
+  expected = (_plane_order(np.asarray(xq), rows) if plane_order else
+              np.pad(np.asarray(xq), ((0, rows - m), (0, 0))))
+  assert q.dtype == jnp.int8 and q.shape == expected.shape
+  np.testing.assert_array_equal(np.asarray(q), expected)
+  np.testing.assert_array_equal(np.asarray(scale),
+                                np.pad(np.asarray(x_scale[:, 0]), (0, rows - m)))
+  wide = expected.astype(np.int64)
+  summed = wide.reshape(rows, -1, 4, 128)[:, :, :3].sum((1, 2, 3)) if plane_order else wide.sum(1)
+  np.testing.assert_array_equal(np.asarray(offset), summed)
+
+
 @pytest.mark.parametrize("plane_order", [True, False], ids=["planes", "natural"])
 @pytest.mark.parametrize("m,k,rows,dtype,max_width", [
     (5, 1000, 16, jnp.bfloat16, 32768), (16, 2048, 16, jnp.bfloat16, 32768),
@@ -36,14 +51,7 @@ def test_quantize_rows_is_absmax_int8_in_its_layout(m, k, rows, dtype, max_width
                                    max_width=max_width)
   xq, x_scale = absmax_int8(x)
   np.testing.assert_array_equal(np.asarray(xq[0, :5]), [127, 2, 0, 4, -126])
-  expected = _plane_order(np.asarray(xq), rows) if plane_order else np.asarray(xq)
-  assert q.dtype == jnp.int8 and q.shape == expected.shape
-  np.testing.assert_array_equal(np.asarray(q), expected)
-  np.testing.assert_array_equal(np.asarray(scale),
-                                np.pad(np.asarray(x_scale[:, 0]), (0, rows - m)))
-  wide = expected.astype(np.int64)
-  summed = wide.reshape(rows, -1, 4, 128)[:, :, :3].sum((1, 2, 3)) if plane_order else wide.sum(1)
-  np.testing.assert_array_equal(np.asarray(offset), summed)
+  _assert_layout(q, scale, offset, xq, x_scale, plane_order)
 
 
 @pytest.mark.parametrize("k", [28672, 40000])
@@ -81,14 +89,7 @@ def test_quantize_rows_with_a_prologue_is_absmax_int8_of_its_result(prologue, ma
   q, scale, offset = quantize_rows(x, pro, rows=rows, plane_order=plane_order, interpret=True,
                                    max_width=max_width)
   xq, x_scale = absmax_int8(pro(x, jnp.float32))
-  expected = (_plane_order(np.asarray(xq), rows) if plane_order else
-              np.pad(np.asarray(xq), ((0, rows - m), (0, 0))))
-  np.testing.assert_array_equal(np.asarray(q), expected)
-  np.testing.assert_array_equal(np.asarray(scale),
-                                np.pad(np.asarray(x_scale[:, 0]), (0, rows - m)))
-  wide = expected.astype(np.int64)
-  summed = wide.reshape(rows, -1, 4, 128)[:, :, :3].sum((1, 2, 3)) if plane_order else wide.sum(1)
-  np.testing.assert_array_equal(np.asarray(offset), summed)
+  _assert_layout(q, scale, offset, xq, x_scale, plane_order)
 
 
 @pytest.mark.parametrize("k", [11008, 40000])
