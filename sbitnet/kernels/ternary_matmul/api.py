@@ -130,10 +130,10 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             out_init: jax.Array | None, prologue: Prologue | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]`, quantized per token to int8 first with `quantize_x` (after
   `prologue`, in the same kernel, `quantize_rows`; without `quantize_x` the prologue must be
-  applied already): the
-  dp4a GEMV for int8 activations of one row (`config.gemv_wins`); on Hopper the Mosaic GPU kernel
-  for int8 activations where it measured faster (`config.mgpu_2bit_wins`); otherwise the
-  Triton-backend MMA kernel, which reads x as it is (masking rows and columns past the ends)."""
+  applied already): the dp4a GEMV for int8 activations of one row (`config.gemv_wins`); on
+  Hopper the Mosaic GPU kernel for int8 activations where it measured faster
+  (`config.mgpu_2bit_wins`); otherwise the Triton-backend MMA kernel, which reads x as it is
+  (masking rows and columns past the ends)."""
   m, (n, nbytes) = x.shape[0], p.codes.shape
   if (config is None and quantize_x and out_init is None and on_hopper()
       and config_lib.mgpu_2bit_wins(m, n, p.in_features)):
