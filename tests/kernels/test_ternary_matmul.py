@@ -502,10 +502,10 @@ def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkey
   monkeypatch.setattr(api, "_two_bit_mgpu", lambda x, p, config, *_: taken.append(config))
   monkeypatch.setattr(api.pallas_triton, "matmul", lambda *_, config, **__: taken.append(config))
   monkeypatch.setattr(api, "_product", lambda parts, m, n: None)
-  monkeypatch.setattr(api, "quantize_rows", lambda x, **_: (x, None, None))
+  monkeypatch.setattr(api, "quantize_rows", lambda x, *_, **__: (x, None, None))
   x, _, _, p = _case(19, 128, 256, 128, (2, 4))
-  api._pallas(x, p, True, x.dtype, None, None)
-  api._pallas(x[:16], p, True, x.dtype, None, None)
+  api._pallas(x, p, True, x.dtype, None, None, None)
+  api._pallas(x[:16], p, True, x.dtype, None, None, None)
   assert taken == [TwoBitMgpuConfig(tile_n=64, warpgroups=1), config_lib.choose(16, 128, 256, True)]
 
 
