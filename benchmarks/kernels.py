@@ -433,6 +433,9 @@ def gemv_candidates(n):
   cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
             G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
   cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
+  cands += [G(bn, bw, num_warps=w, prefetch=True)
+            for bn, bw, w in ((32, 64, 4), (16, 64, 4), (16, 128, 4), (8, 128, 4), (32, 64, 8),
+                              (1, 128, 4), (2, 128, 4))]
   return [c for c in cands if not n % c.block_n]
 
 
@@ -514,7 +517,8 @@ def _short(c):
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
     return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
   if isinstance(c, gemv_dp4a.GemvConfig):
-    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
+    return (f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
+            + " prefetch" * c.prefetch)
   swap = " swap" if c.swap_ab else ""
   return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 

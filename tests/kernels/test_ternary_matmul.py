@@ -190,6 +190,7 @@ def test_kept_int8_weight_is_used_and_gives_the_same_product():
 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("config", [None, GemvConfig(block_n=16, block_w=16),
+                                    GemvConfig(block_n=16, block_w=16, prefetch=True),
                                     GemvConfig(block_n=1, block_w=128),
                                     GemvConfig(block_n=32, block_w=64, num_warps=8)], ids=str)
 def test_gemv_writes_every_column_and_equals_xla(config, m):
