@@ -433,9 +433,10 @@ def gemv_candidates(n):
   cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
             G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
   cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
+  cands += [G(bn, bw, prefetch=p) for bn, bw in ((1, 64), (1, 128), (2, 128)) for p in (0, 1)]
   cands += [G(bn, bw, num_warps=w, prefetch=True)
             for bn, bw, w in ((32, 64, 4), (16, 64, 4), (16, 128, 4), (8, 128, 4), (32, 64, 8),
-                              (1, 128, 4), (2, 128, 4))]
+                              (4, 128, 4), (4, 64, 4))]
   return [c for c in cands if not n % c.block_n]
 
 
