@@ -224,7 +224,7 @@ def _poison_for(m, k, n, quantize_x):
   check)."""
   n16 = -(-n // 16) * 16
   if quantize_x and config_lib.gemv_wins(m):
-    return (config_lib.choose_gemv(m, n16),
+    return (config_lib.choose_gemv(m, n16, k),
             jnp.full((m, n16), jnp.nan, jnp.bfloat16))
   if quantize_x and m > config_lib.two_bit_max_m(True, int8_weight_kept=False):
     cfg = config_lib.choose_int8_gemm(m, n16, k, on_hopper())
@@ -433,10 +433,7 @@ def gemv_candidates(n):
   cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
             G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
   cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
-  cands += [G(bn, bw, prefetch=p) for bn, bw in ((1, 64), (1, 128), (2, 128)) for p in (0, 1)]
-  cands += [G(bn, bw, num_warps=w, prefetch=True)
-            for bn, bw, w in ((32, 64, 4), (16, 64, 4), (16, 128, 4), (8, 128, 4), (32, 64, 8),
-                              (4, 128, 4), (4, 64, 4))]
+  cands += [G(bn, bw) for bn, bw in ((1, 64), (1, 128), (2, 128))]
   return [c for c in cands if not n % c.block_n]
 
 
@@ -448,7 +445,7 @@ def bench_gemv(shapes, ms, log):
   for name in shapes:
     for m in ms:
       k, n, ps, x, ref, est, res = _int8_case(name, m)
-      chosen = config_lib.choose_gemv(m, n)
+      chosen = config_lib.choose_gemv(m, n, k)
       mma = config_lib.choose(m, n, padded_rows(k), int8=True)
       for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
         def f(x, p, c=c):
@@ -518,8 +515,7 @@ def _short(c):
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
     return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
   if isinstance(c, gemv_dp4a.GemvConfig):
-    return (f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
-            + " prefetch" * c.prefetch)
+    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
   swap = " swap" if c.swap_ab else ""
   return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 

@@ -190,7 +190,6 @@ def test_kept_int8_weight_is_used_and_gives_the_same_product():
 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("config", [None, GemvConfig(block_n=16, block_w=16),
-                                    GemvConfig(block_n=16, block_w=16, prefetch=True),
                                     GemvConfig(block_n=1, block_w=128),
                                     GemvConfig(block_n=32, block_w=64, num_warps=8)], ids=str)
 def test_gemv_writes_every_column_and_equals_xla(config, m):
@@ -200,7 +199,7 @@ def test_gemv_writes_every_column_and_equals_xla(config, m):
   k, n = 712, 96
   x, _, _, p = _case(17 + m, m, k, n, (2, 8))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
-  c = config or config_lib.choose_gemv(m, n)
+  c = config or config_lib.choose_gemv(m, n, k)
   if n % c.block_n:
     with pytest.raises(ValueError, match=f"block_n={c.block_n} must divide N"):
       ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
@@ -260,17 +259,21 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
 def test_gemv_configs_tile_the_model_shapes(k, n):
   n16 = -(-n // 16) * 16
   for m in (1, 2):
-    c = config_lib.choose_gemv(m, n16)
+    c = config_lib.choose_gemv(m, n16, k)
     assert n16 % c.block_n == 0 and c.block_n * c.block_w >= 32 * c.num_warps
-    assert n16 // c.block_n >= config_lib.GEMV_MIN_PROGRAMS or c.block_n == 1
+    assert (n16 // c.block_n >= config_lib.GEMV_MIN_PROGRAMS or c.block_n == 1
+            or n16 <= config_lib.GEMV_NARROW_N)
     assert c.block_n * m <= config_lib.GEMV_MAX_ROWS
 
 
 def test_dispatcher_takes_the_gemv_where_it_measured_faster():
-  """One int8 row (8192x28672: 32 rows per program, as measured); the MMA kernel from 2 rows."""
+  """One int8 row (8192x28672: 32 rows per program, as measured; narrow layers 128-word steps,
+  one row per program at long K); the MMA kernel from 2 rows."""
   assert config_lib.gemv_wins(1) and not config_lib.gemv_wins(2)
-  assert config_lib.choose_gemv(1, 28672).block_n == 32
-  assert config_lib.choose_gemv(2, 28672).block_n == 16
+  assert config_lib.choose_gemv(1, 28672, 8192) == GemvConfig(block_n=32, block_w=64)
+  assert config_lib.choose_gemv(2, 28672, 8192).block_n == 16
+  assert config_lib.choose_gemv(1, 2048, 11008) == GemvConfig(block_n=1, block_w=128)
+  assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=4, block_w=128)
 
 
 @pytest.mark.parametrize("config", [GemmConfig(block_m=16, block_n=32, block_k=64, split_k=3),

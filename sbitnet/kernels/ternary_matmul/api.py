@@ -151,7 +151,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   if gemv:
     if not quantize_x:
       raise ValueError(f"{config} is a dp4a GEMV config: it needs quantize_x=True.")
-    c = config or config_lib.choose_gemv(m, n16)
+    c = config or config_lib.choose_gemv(m, n16, p.in_features)
   else:
     c = config or config_lib.choose(m, n16, kp, quantize_x)
     if n16 % c.block_n or c.block_m % 16 or c.split_k < 1:

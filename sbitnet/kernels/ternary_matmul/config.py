@@ -32,6 +32,8 @@ TWO_BIT_MAX_M = 512
 GEMV_MAX_M = 1
 GEMV_MAX_ROWS = 32
 GEMV_MIN_PROGRAMS = 600
+GEMV_NARROW_N = 4096
+GEMV_LONG_K = 8192
 # The activation quantization computes a prologue itself (`quantize_rows`) rather than after XLA
 # computes it: the RMS norm always (3B pre-norm with its residual, K = 2048, H200: 4.2 vs 5.1 us
 # at 1 row, 5.1 vs 5.5 at 16, 5.7 vs 6.3 at 128), SwiGLU from this M (K = 11008: 8.3 vs 9.3 us
@@ -95,13 +97,18 @@ def prologue_fused(glu: bool, m: int) -> bool:
   return not glu or m >= SWIGLU_FUSED_MIN_M
 
 
-def choose_gemv(m: int, n: int) -> GemvConfig:
-  """Config of the dp4a GEMV for m rows of x and codes `[n, Kp / 4]`; n a multiple of 16.
-  H200 sweeps at M = 1 (docs/kernels.md): the most code rows per program (up to 32 / m: the
-  accumulators grow with both) that still leave GEMV_MIN_PROGRAMS programs (8192→28672 32 rows,
-  896 programs; 2048→11008 16, 688; N = 2048 one or two rows), 64-word steps, and at least 128
-  words per step (one per thread of the 4 warps). The dispatcher sends it one row only; more
-  rows are for explicit configs."""
+def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
+  """Config of the dp4a GEMV for m rows of x `[m, k]` and codes `[n, Kp / 4]`; n a multiple of 16.
+  H200 sweeps at M = 1 (docs/kernels.md). Wide layers: the most code rows per program (up to
+  32 / m: the accumulators grow with both) that still leave GEMV_MIN_PROGRAMS programs
+  (8192→28672 32 rows, 896 programs; 2048→11008 16, 688), 64-word steps, and at least 128 words
+  per step (one per thread of the 4 warps). Narrow layers (n <= GEMV_NARROW_N): 128-word steps,
+  one code row per program when k >= GEMV_LONG_K (11008→2048: 9.3 vs 11.1 us with two rows and
+  64-word steps), else four (2048→2048 4.7 vs 4.9, 2048→2560 4.8 vs 5.0). The dispatcher sends
+  it one row only; more rows are for explicit configs."""
+  if n <= GEMV_NARROW_N:
+    return GemvConfig(block_n=1 if k >= GEMV_LONG_K else max(1, min(4, GEMV_MAX_ROWS // m)),
+                      block_w=128, num_warps=4)
   block_n = max(1, GEMV_MAX_ROWS // m)
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2

@@ -39,13 +39,11 @@ _PLANE_MASK = 0x03030303
 
 @dataclasses.dataclass(frozen=True)
 class GemvConfig:
-  """Code rows (output columns) per program, 32-bit code words per step, warps per program;
-  `prefetch`: each step issues the next step's code loads before its own dp4a chain."""
+  """Code rows (output columns) per program, 32-bit code words per step, warps per program."""
   block_n: int = 8
   block_w: int = 128
   num_warps: int = 4
   num_stages: int = 1
-  prefetch: bool = False
 
 
 def x_words(xq: jax.Array, kp: int) -> jax.Array:
@@ -85,22 +83,17 @@ def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: boo
   return out
 
 
-def _kernel(x_ref, w_ref, rs_ref, sum_ref, cs_ref, o_ref, *, block_w: int, asm: bool,
-            prefetch: bool):
+def _kernel(x_ref, w_ref, rs_ref, sum_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
   """x_ref: `x_words` `[M, tiles, 32]`. Output columns `[j * block_n, (j + 1) * block_n)` of every
   row; words past the end of the codes load as zeros (code 0 contributes nothing to x @ c)."""
   j = pl.program_id(0)
   (m, tiles, _), (bn, words) = x_ref.shape, w_ref.shape
   tiles_per_step = block_w // PLANE_WORDS
-  steps = pl.cdiv(words, block_w)
 
-  def code_words(s):
+  def step(s, accs):
     ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < words
-    return pltriton.load(w_ref.at[:, pl.ds(jnp.minimum(s, steps - 1) * block_w, block_w)],
-                         mask=ok, other=0)
-
-  def step(s, accs, w):
-    planes = _planes(w, asm)
+    planes = _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0),
+                     asm)
     tile = s * tiles_per_step
     tile_ok = tile + jax.lax.broadcasted_iota(
         jnp.int32, (1, tiles_per_step, PLANE_WORDS), 1) < tiles
@@ -113,12 +106,8 @@ def _kernel(x_ref, w_ref, rs_ref, sum_ref, cs_ref, o_ref, *, block_w: int, asm: 
       new.append(_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in xs], acc, asm))
     return tuple(new)
 
-  zeros = (jnp.zeros((bn, block_w), jnp.int32),) * m
-  if prefetch:
-    _, accs = jax.lax.fori_loop(
-        0, steps, lambda s, c: (code_words(s + 1), step(s, c[1], c[0])), (code_words(0), zeros))
-  else:
-    accs = jax.lax.fori_loop(0, steps, lambda s, a: step(s, a, code_words(s)), zeros)
+  zeros = jnp.zeros((bn, block_w), jnp.int32)
+  accs = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * m)
   col_scale = cs_ref[...]
   for r, acc in enumerate(accs):
     one = pl.ds(r, 1)
@@ -150,7 +139,7 @@ def matmul(xq: jax.Array, row_scale: jax.Array, row_sum: jax.Array, codes: jax.A
                      f"block_n and block_w={c.block_w} be powers of two with block_w >= "
                      f"{PLANE_WORDS} (one format tile).")
   words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.int32)
-  kernel = functools.partial(_kernel, block_w=c.block_w, prefetch=c.prefetch,
+  kernel = functools.partial(_kernel, block_w=c.block_w,
                              asm=not interpret if asm is None else asm)
   whole = pl.BlockSpec(memory_space=pl.ANY)
   in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
