@@ -20,10 +20,22 @@ import jax
 import jax.numpy as jnp
 
 
+def check_rms_norm(x_shape: tuple[int, ...], scale: jax.Array,
+                   residual: jax.Array | None) -> None:
+  """Trace-time check of `rms_norm`'s inputs: scale `[K]`, the residual shaped like x."""
+  if scale.shape != tuple(x_shape[-1:]):
+    raise ValueError(f"the RMS norm's scale has shape {tuple(scale.shape)}; x {tuple(x_shape)} "
+                     f"needs [{x_shape[-1]}].")
+  if residual is not None and residual.shape != tuple(x_shape):
+    raise ValueError(f"the residual has shape {tuple(residual.shape)}; x {tuple(x_shape)} needs "
+                     "the same.")
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float, residual: jax.Array | None = None,
              out_dtype=None) -> jax.Array:
   """`v / sqrt(mean(v², axis=-1) + eps) * scale` with `v = x (+ residual)` for x (and residual)
   `[..., K]`, scale `[K]`: computed in float32, returned in `out_dtype` (default x's dtype)."""
+  check_rms_norm(x.shape, scale, residual)
   v = x.astype(jnp.float32)
   if residual is not None:
     v = v + residual.astype(jnp.float32)

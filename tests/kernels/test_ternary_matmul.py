@@ -553,6 +553,9 @@ def test_prologue_errors_name_the_problem():
   with pytest.raises(ValueError, match=r"the RMS norm's scale has shape \(64,\).*needs \[128\]"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                    prologue=RMSNormPrologue(jnp.ones(64), 1e-6))
+  with pytest.raises(ValueError, match=r"the RMS norm's scale has shape \(64,\).*needs \[128\]"):
+    ternary_matmul(x, p, quantize_x=True, implementation="xla",
+                   prologue=RMSNormPrologue(jnp.ones(64), 1e-6))
 
 
 def test_dispatcher_fuses_the_prologues_where_they_measured_faster():

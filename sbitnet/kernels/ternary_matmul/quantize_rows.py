@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
-from sbitnet.ops.prologue import Prologue, RMSNormPrologue, SwiGLUPrologue
+from sbitnet.ops.prologue import Prologue, RMSNormPrologue, SwiGLUPrologue, check_rms_norm
 from sbitnet.ops.quantizers import EPS
 
 # K rows per step of the Mosaic 2-bit kernel: four format tiles, so that a step's code bytes are
@@ -182,13 +182,8 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
     raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
   inputs, norm_eps, residual = [x], None, False
   if isinstance(prologue, RMSNormPrologue):
-    if prologue.scale.shape != (k,):
-      raise ValueError(f"the RMS norm's scale has shape {tuple(prologue.scale.shape)}; x "
-                       f"{tuple(x.shape)} needs [{k}].")
+    check_rms_norm(x.shape, prologue.scale, prologue.residual)
     residual = prologue.residual is not None
-    if residual and prologue.residual.shape != x.shape:
-      raise ValueError(f"the residual has shape {tuple(prologue.residual.shape)}; x "
-                       f"{tuple(x.shape)} needs the same.")
     inputs = [x, *([prologue.residual] if residual else []), prologue.scale]
     norm_eps = float(prologue.eps)
   width = min(max(1 << (out_k - 1).bit_length(), 1024), max_width)
