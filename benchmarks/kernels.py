@@ -23,6 +23,7 @@ are random and never zero. Prints a short table; writes JSON and markdown under 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -158,7 +159,9 @@ def check_correctness(log):
   for cfg, rows in ((Config(block_n=128, split_k=1), 100),
                     (Config(block_m=64, block_n=128, swap_ab=True), 100),
                     (gemv(block_n=8, block_w=128), 1), (gemv(block_n=4, block_w=64), 3),
-                    (gemv(block_n=16, block_w=256, num_warps=8), 4)) + (
+                    (gemv(block_n=16, block_w=256, num_warps=8), 4),
+                    (gemv(block_n=8, block_w=128, quantizes_x=True), 1),
+                    (gemv(block_n=4, block_w=64, quantizes_x=True), 3)) + (
                         # The Mosaic GPU 2-bit kernel: fused epilogue (split 1), split K, 1-2
                         # warpgroups, several x row tiles (Hopper only).
                         ((two_bit_mgpu.TwoBitMgpuConfig(tile_n=128, warpgroups=2), 16),
@@ -187,7 +190,8 @@ def check_correctness(log):
 
 def check_prologues(p, x, log):
   """The pre-norm (with a residual) and SwiGLU prologues computed in the quantization kernel,
-  against XLA applying them first (jitted, as in a model), through each 2-bit kernel. The same
+  against XLA applying them first (jitted, as in a model), through each 2-bit kernel (the norm
+  also through the GEMV that quantizes x itself). The same
   float32 math, but XLA's and Triton's reductions, rsqrt and exp need not round alike on the GPU:
   the check is the 1e-2 tolerance, and the differing int8 activations and outputs are reported."""
   ok = True
@@ -196,13 +200,14 @@ def check_prologues(p, x, log):
            "swiglu": (jnp.concatenate([x, x[::-1]], axis=1), lambda r: SwiGLUPrologue())}
   configs = [(gemv_dp4a.GemvConfig(block_n=8, block_w=128), 1), (Config(block_n=128), 16)] + (
       [(two_bit_mgpu.TwoBitMgpuConfig(warpgroups=1), 16)] if on_hopper() else [])
+  quantizing_gemv = (gemv_dp4a.GemvConfig(block_n=8, block_w=128, quantizes_x=True), 1)
   for name, (xin, prologue) in cases.items():
     pro = prologue(16)
     q = quantize_rows(xin[:16], pro, rows=16, plane_order=False, interpret=off_gpu())[0]
     q_xla = jax.jit(lambda v, pro: absmax_int8(pro(v, jnp.float32))[0])(xin[:16], pro)
     log(f"prologue {name}: int8 activations differing from XLA's: "
         f"{int(jnp.sum(q != q_xla))} of {q.size}")
-    for cfg, rows in configs:
+    for cfg, rows in configs + [quantizing_gemv] * (name != "swiglu"):
       ref = np.asarray(jax.jit(lambda v, pro: ternary_matmul(
           v, p, quantize_x=True, implementation="xla", prologue=pro))(xin[:rows], prologue(rows)),
           np.float64)
@@ -426,47 +431,67 @@ def _record(rows, res, name, k, n, m, p):
   return base, nbytes, sorted((v, i) for i, v in res.items() if i != "xla_bf16")
 
 
-def gemv_candidates(n):
-  """dp4a GEMV tile configs to time (the dispatcher's is added by the caller)."""
+def gemv_candidates(n, k, norm):
+  """dp4a GEMV tile configs to time (the dispatcher's is added by the caller): on x quantized
+  ahead (not with `norm`, a short list there) and, on rows of up to 8192, quantized by the GEMV."""
   G = gemv_dp4a.GemvConfig
-  cands = [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
-  cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
-            G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
-  cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
+  cands = [] if norm else [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
+  if not norm:
+    cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
+              G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
+    cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
   cands += [G(bn, bw) for bn, bw in ((1, 64), (1, 128), (2, 128))]
+  if k <= 8192:
+    cands += [G(bn, bw, quantizes_x=True) for bn in (1, 2, 4, 8, 16, 32) for bw in (64, 128)]
+    cands += [G(bn, 128, num_warps=8, quantizes_x=True) for bn in (4, 16)]
   return [c for c in cands if not n % c.block_n]
 
 
-def bench_gemv(shapes, ms, log):
-  """Whole op with int8 activations of `ms` rows: the dp4a GEMV over tile configs (the dispatcher
-  sends it one row) and the 2-bit MMA kernel at its config, each checked against XLA
-  (bit-identical) first; XLA bf16 beside."""
+def bench_gemv(shapes, ms, log, norm=False):
+  """Whole op with int8 activations of `ms` rows (with `norm`: after the pre-norm with its
+  residual, as the model's q/k/v and gate/up projections take them): the dp4a GEMV over tile
+  configs, on x quantized ahead by `quantize_rows` or by the GEMV itself (`quantizes_x`; the
+  dispatcher sends it one row), and the 2-bit MMA kernel at its config, each checked against XLA
+  first; XLA bf16 beside (without the norm)."""
   rows = []
   for name in shapes:
     for m in ms:
       k, n, ps, x, ref, est, res = _int8_case(name, m)
+      pro = None
+      if norm:
+        pro = RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(5), (k,), jnp.float32),
+                              1e-6, _nonzero_normal(jax.random.key(6), (m, k), jnp.bfloat16))
+        ref = np.asarray(jax.jit(lambda x, pro: ternary_matmul(
+            x, ps[0], quantize_x=True, implementation="xla", prologue=pro))(x, pro), np.float32)
       chosen = config_lib.choose_gemv(m, n, k)
       mma = config_lib.choose(m, n, padded_rows(k), int8=True)
-      for c in [mma, chosen] + [c for c in gemv_candidates(n) if c != chosen]:
-        def f(x, p, c=c):
-          return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c)
+      flipped = dataclasses.replace(chosen, quantizes_x=not chosen.quantizes_x)
+      for c in [mma, chosen, flipped] + [c for c in gemv_candidates(n, k, norm)
+                                         if c not in (chosen, flipped)]:
+        def f(x, p, pro, c=c):
+          return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c,
+                                prologue=pro)
         label = f"mma {_short(c)}" if isinstance(c, Config) else _short(c)
-        sec = checked_timing(f, (x, ps[0]), ref, [(x, q) for q in ps], est,
+        sec = checked_timing(f, (x, ps[0], pro), ref, [(x, q, pro) for q in ps], est,
                              f"gemv {name} m={m} {label}", log)
         if sec is not None:
           res[label + (" (default)" if c == chosen else "")] = sec
-      xq, scale, total = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
-      res["gemv kernel alone (default)"] = timed(
-          lambda xq, scale, total, p: gemv_dp4a.matmul(xq, scale, total, p.codes, p.scale,
-                                                       config=chosen, out_dtype=jnp.bfloat16,
-                                                       interpret=off_gpu()),
-          [(xq, scale, total, q) for q in ps], est)
+      if not norm:
+        xq, scale, total = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
+        alone = dataclasses.replace(chosen, quantizes_x=False)
+        res["gemv kernel alone (default tiles)"] = timed(
+            lambda xq, scale, total, p: gemv_dp4a.matmul(xq, scale, total, p.codes, p.scale,
+                                                         config=alone, out_dtype=jnp.bfloat16,
+                                                         interpret=off_gpu()),
+            [(xq, scale, total, q) for q in ps], est)
       base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
-      log(f"  gemv {name:8s} m={m:3d} bf16={base * 1e6:7.1f}us" + "".join(
-          f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
-          for v, i in ranked[:5]) + "".join(
+      for row in rows[-len(res):]:
+        row["prologue"] = "rms_norm+residual" if norm else None
+      log(f"  gemv {name:8s} m={m:3d}{' norm+residual' if norm else ''} bf16={base * 1e6:7.1f}us"
+          + "".join(f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
+                    for v, i in ranked[:5]) + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x)" for v, i in ranked[5:]
-          if "default" in i or i.startswith("mma")))
+          if "default" in i or i.startswith("mma") or i == _short(flipped)))
   return rows
 
 
@@ -515,7 +540,8 @@ def _short(c):
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
     return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
   if isinstance(c, gemv_dp4a.GemvConfig):
-    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}"
+    quantizing = " quantizing" if c.quantizes_x else ""
+    return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}{quantizing}"
   swap = " swap" if c.swap_ab else ""
   return f"bm{c.block_m} bn{c.block_n} split{c.split_k} w{c.num_warps} s{c.num_stages}{swap}"
 
@@ -739,6 +765,8 @@ def main():
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
   ap.add_argument("--tag", default="", help="output file suffix (default: the part)")
+  ap.add_argument("--gemv-norm", action="store_true",
+                  help="gemv: every call after the pre-norm with its residual (a prologue)")
   ap.add_argument("--profile", action="store_true",
                   help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels")
   args = ap.parse_args()
@@ -771,7 +799,7 @@ def main():
                        for r in bench_sweep(sweep_shapes, m, log)]
   if args.part in ("gemv", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 2, 4)
-    result["gemv"] = bench_gemv(sweep_shapes, ms, log)
+    result["gemv"] = bench_gemv(sweep_shapes, ms, log, norm=args.gemv_norm)
   if args.part in ("mgpu2bit", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (16, 64, 128)
     result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log)

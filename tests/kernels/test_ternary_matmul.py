@@ -191,11 +191,14 @@ def test_kept_int8_weight_is_used_and_gives_the_same_product():
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("config", [None, GemvConfig(block_n=16, block_w=16),
                                     GemvConfig(block_n=1, block_w=128),
-                                    GemvConfig(block_n=32, block_w=64, num_warps=8)], ids=str)
+                                    GemvConfig(block_n=32, block_w=64, num_warps=8),
+                                    GemvConfig(block_n=16, block_w=16, quantizes_x=True),
+                                    GemvConfig(block_n=4, block_w=128, quantizes_x=True)], ids=str)
 def test_gemv_writes_every_column_and_equals_xla(config, m):
-  """The dp4a GEMV (interpret mode: the same byte products in jnp): K = 712 is off the 128-row
-  tiles and off every block_w of words (masked tail), N = 96 padded to 96 (16) by the wrapper;
-  exact int32 sums and XLA's scale order, so bit-identical; the output buffer is poisoned."""
+  """The dp4a GEMV (interpret mode: the same byte products in jnp), on x quantized ahead or by
+  the kernel itself: K = 712 is off the 128-row tiles and off every block_w of words (masked
+  tail), N = 96 padded to 96 (16) by the wrapper; exact int32 sums and XLA's scale order, so
+  bit-identical; the output buffer is poisoned."""
   k, n = 712, 96
   x, _, _, p = _case(17 + m, m, k, n, (2, 8))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
@@ -248,10 +251,27 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
   with pytest.raises(ValueError, match="block_w >= 8"):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas",
                    config=GemvConfig(block_n=16, block_w=4))
-  with pytest.raises(ValueError, match="xq must be int8"):
+  with pytest.raises(ValueError, match="x must be int8"):
     gemv_dp4a.matmul(jnp.zeros((1, 128), jnp.float32), jnp.ones(1), jnp.zeros(1, jnp.int32),
                      p.codes, p.scale, config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16,
                      interpret=True)
+  with pytest.raises(ValueError, match="x must be float"):
+    gemv_dp4a.matmul_quantizing(jnp.zeros((1, 128), jnp.int8), p.codes, p.scale,
+                                config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16,
+                                interpret=True)
+
+
+def test_quantizing_gemv_lowers_for_the_gpu_with_its_norm():
+  """The GEMV that quantizes x itself, with an RMS norm and residual, lowered to Triton IR."""
+  k, n = 712, 96
+  x = jax.ShapeDtypeStruct((1, k), jnp.bfloat16)
+  args = [jax.ShapeDtypeStruct((n, 192), jnp.uint8), jax.ShapeDtypeStruct((n,), jnp.float32)]
+  pro = RMSNormPrologue(jax.ShapeDtypeStruct((k,), jnp.float32), 1e-6, x)
+  matmul = functools.partial(gemv_dp4a.matmul_quantizing, config=GemvConfig(block_n=8, block_w=64,
+                                                                            quantizes_x=True),
+                             out_dtype=jnp.bfloat16, asm=True)
+  text = jax.jit(matmul).trace(x, *args, pro).lower(lowering_platforms=("cuda",)).as_text()
+  assert "xla.gpu.triton" in text and "dp4a.u32.s32" in text and "cvt.rni" in text
 
 
 @pytest.mark.parametrize("k,n", [(896, 128), (896, 896), (2048, 2048), (2048, 11008),
@@ -273,7 +293,10 @@ def test_dispatcher_takes_the_gemv_where_it_measured_faster():
   assert config_lib.choose_gemv(1, 28672, 8192) == GemvConfig(block_n=32, block_w=64)
   assert config_lib.choose_gemv(2, 28672, 8192).block_n == 16
   assert config_lib.choose_gemv(1, 2048, 11008) == GemvConfig(block_n=1, block_w=128)
-  assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=4, block_w=128)
+  assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=4, block_w=128,
+                                                             quantizes_x=True)
+  assert config_lib.choose_gemv(1, 22016, 2048).quantizes_x
+  assert not config_lib.choose_gemv(1, 28672, 8192).quantizes_x
 
 
 @pytest.mark.parametrize("config", [GemmConfig(block_m=16, block_n=32, block_k=64, split_k=3),
@@ -540,6 +563,28 @@ def test_prologue_fused_into_the_quantization_equals_xla_applying_it_first(m, co
   gemm = ternary_matmul(x, p, quantize_x=True, implementation="pallas", prologue=pro,
                         config=GemmConfig(block_m=16, block_n=32, block_k=64))
   np.testing.assert_array_equal(np.asarray(gemm, np.float32), np.asarray(ref, np.float32))
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["norm", "norm+residual"])
+@pytest.mark.parametrize("m", [1, 3])
+def test_quantizing_gemv_computes_the_norm_as_xla_does(m, residual):
+  """The GEMV that quantizes x itself, with the pre-norm computed by every program: bit-identical
+  to XLA applying the norm first (and, at one row, the dispatcher's choice at K = 712, which
+  quantizes in the GEMV). A SwiGLU prologue is refused by that kernel, by name."""
+  k, n = 712, 96
+  _, _, _, p = _case(31 + m, m, k, n, (6, 8))
+  x = activations(jax.random.key(m), (m, k))
+  pro = RMSNormPrologue(jnp.linspace(0.5, 2.0, k, dtype=jnp.float32), 1e-6,
+                        activations(jax.random.key(7), x.shape) if residual else None)
+  ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla", prologue=pro),
+                   np.float32)
+  for config in (GemvConfig(block_n=8, block_w=32, quantizes_x=True),) + (None,) * (m == 1):
+    out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
+                         prologue=pro, out_init=jnp.full((m, n), jnp.nan, x.dtype))
+    np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
+  with pytest.raises(ValueError, match="computes an RMSNormPrologue or none, got SwiGLUPrologue"):
+    ternary_matmul(jnp.concatenate([x, x], axis=1), p, quantize_x=True, implementation="pallas",
+                   config=GemvConfig(block_n=8, quantizes_x=True), prologue=SwiGLUPrologue())
 
 
 def test_prologue_errors_name_the_problem():

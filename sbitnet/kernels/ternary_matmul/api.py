@@ -158,6 +158,10 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
       raise ValueError(f"{c} does not tile this problem: block_n={c.block_n} must divide N "
                        f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16 and "
                        f"split_k={c.split_k} positive.")
+  if gemv and c.quantizes_x:
+    return gemv_dp4a.matmul_quantizing(x, codes, col_scale, prologue, config=c,
+                                       out_dtype=out_dtype, interpret=off_gpu(),
+                                       out_init=out_init)[:, :n]
   row_scale = None
   if quantize_x:
     x, row_scale, row_sum = quantize_rows(x, prologue, rows=m, plane_order=False,

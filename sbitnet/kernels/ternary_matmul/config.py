@@ -34,6 +34,9 @@ GEMV_MAX_ROWS = 32
 GEMV_MIN_PROGRAMS = 600
 GEMV_NARROW_N = 4096
 GEMV_LONG_K = 8192
+# Up to this K the GEMV quantizes x itself (each program the whole row, with its RMS norm):
+# one launch per call instead of two.
+GEMV_QUANTIZING_MAX_K = 2048
 # The activation quantization computes a prologue itself (`quantize_rows`) rather than after XLA
 # computes it: the RMS norm always (3B pre-norm with its residual, K = 2048, H200: 4.2 vs 5.1 us
 # at 1 row, 5.1 vs 5.5 at 16, 5.7 vs 6.3 at 128), SwiGLU from this M (K = 11008: 8.3 vs 9.3 us
@@ -106,13 +109,15 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
   one code row per program when k >= GEMV_LONG_K (11008→2048: 9.3 vs 11.1 us with two rows and
   64-word steps), else four (2048→2048 4.7 vs 4.9, 2048→2560 4.8 vs 5.0). The dispatcher sends
   it one row only; more rows are for explicit configs."""
+  quantizes_x = k <= GEMV_QUANTIZING_MAX_K
   if n <= GEMV_NARROW_N:
     return GemvConfig(block_n=1 if k >= GEMV_LONG_K else max(1, min(4, GEMV_MAX_ROWS // m)),
-                      block_w=128, num_warps=4)
+                      block_w=128, num_warps=4, quantizes_x=quantizes_x)
   block_n = max(1, GEMV_MAX_ROWS // m)
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2
-  return GemvConfig(block_n=block_n, block_w=max(64, 128 // block_n), num_warps=4)
+  return GemvConfig(block_n=block_n, block_w=max(64, 128 // block_n), num_warps=4,
+                    quantizes_x=quantizes_x)
 
 
 # The Mosaic GPU 2-bit kernel (Hopper, int8 activations) was measured up to this M (H200 sweeps).

@@ -31,6 +31,10 @@ from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import call
+from sbitnet.kernels.ternary_matmul.quantize_rows import (MAX_WIDTH, divide_as_xla, inverse_rms,
+                                                         load_row, normalize, quantization_scale,
+                                                         quantize, row_width)
+from sbitnet.ops.prologue import RMSNormPrologue, check_rms_norm
 
 WORD_WEIGHTS = 16  # 2-bit codes per 32-bit word
 PLANE_WORDS = PLANE_ROWS // 4  # code words per format tile = int8 x words per plane of a tile
@@ -39,11 +43,15 @@ _PLANE_MASK = 0x03030303
 
 @dataclasses.dataclass(frozen=True)
 class GemvConfig:
-  """Code rows (output columns) per program, 32-bit code words per step, warps per program."""
+  """Code rows (output columns) per program, 32-bit code words per step, warps per program, and
+  whether the kernel quantizes x itself."""
   block_n: int = 8
   block_w: int = 128
   num_warps: int = 4
   num_stages: int = 1
+  # Float x in, quantized by every program itself (`matmul_quantizing`) instead of by
+  # `quantize_rows` ahead.
+  quantizes_x: bool = False
 
 
 def x_words(xq: jax.Array, kp: int) -> jax.Array:
@@ -83,37 +91,119 @@ def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: boo
   return out
 
 
-def _kernel(x_ref, w_ref, rs_ref, sum_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
-  """x_ref: `x_words` `[M, tiles, 32]`. Output columns `[j * block_n, (j + 1) * block_n)` of every
-  row; words past the end of the codes load as zeros (code 0 contributes nothing to x @ c)."""
-  j = pl.program_id(0)
-  (m, tiles, _), (bn, words) = x_ref.shape, w_ref.shape
-  tiles_per_step = block_w // PLANE_WORDS
+def _accumulate(w_ref, x_words_of, m: int, block_w: int, asm: bool) -> tuple[jax.Array, ...]:
+  """Per row r < m, the int32 `[block_n, block_w]` dp4a partial sums of this program's code rows
+  (w_ref `[block_n, words]`) with x, whose words of plane q at step s are `x_words_of(r, s)[q]`
+  (`[1, block_w]`); code words past the end load as zeros (code 0 adds nothing to x @ c)."""
+  bn, words = w_ref.shape
 
   def step(s, accs):
     ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < words
     planes = _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0),
                      asm)
+    return tuple(_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in x_words_of(r, s)],
+                       acc, asm) for r, acc in enumerate(accs))
+
+  zeros = jnp.zeros((bn, block_w), jnp.int32)
+  return jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * m)
+
+
+def _store(o_ref, accs, offsets, row_scales, col_scale) -> None:
+  """Output columns `[j * block_n, (j + 1) * block_n)` of every row:
+  `(sum(acc) - offset) * row_scale * col_scale` (x @ t = x @ c - sum(x))."""
+  j, bn = pl.program_id(0), col_scale.shape[0]
+  for r, (acc, offset, row_scale) in enumerate(zip(accs, offsets, row_scales)):
+    dot = jnp.sum(acc, axis=1) - offset
+    y = dot.astype(jnp.float32) * row_scale * col_scale
+    pltriton.store(o_ref.at[pl.ds(r, 1), pl.ds(j * bn, bn)], y.astype(o_ref.dtype)[None, :])
+
+
+def _kernel(x_ref, rs_ref, sum_ref, w_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
+  """x_ref: `x_words` `[M, tiles, 32]` of int8 x quantized ahead (`quantize_rows`)."""
+  m, tiles, _ = x_ref.shape
+  tiles_per_step = block_w // PLANE_WORDS
+
+  def x_words_of(r, s):
+    # Plane q of each tile is x's words 8q .. 8q + 7 of that tile: a strided view, no copy.
     tile = s * tiles_per_step
     tile_ok = tile + jax.lax.broadcasted_iota(
         jnp.int32, (1, tiles_per_step, PLANE_WORDS), 1) < tiles
-    new = []
-    for r, acc in enumerate(accs):
-      # Plane q of each tile is x's words 8q .. 8q + 7 of that tile: a strided view, no copy.
-      xs = [pltriton.load(x_ref.at[pl.ds(r, 1), pl.ds(tile, tiles_per_step),
+    return [pltriton.load(x_ref.at[pl.ds(r, 1), pl.ds(tile, tiles_per_step),
                                    pl.ds(q * PLANE_WORDS, PLANE_WORDS)],
                           mask=tile_ok, other=0).reshape(1, block_w) for q in range(4)]
-      new.append(_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in xs], acc, asm))
-    return tuple(new)
 
-  zeros = jnp.zeros((bn, block_w), jnp.int32)
-  accs = jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, (zeros,) * m)
-  col_scale = cs_ref[...]
-  for r, acc in enumerate(accs):
-    one = pl.ds(r, 1)
-    dot = jnp.sum(acc, axis=1) - pltriton.load(sum_ref.at[one])
-    y = dot.astype(jnp.float32) * pltriton.load(rs_ref.at[one]) * col_scale
-    pltriton.store(o_ref.at[one, pl.ds(j * bn, bn)], y.astype(o_ref.dtype)[None, :])
+  accs = _accumulate(w_ref, x_words_of, m, block_w, asm)
+  rows = [pl.ds(r, 1) for r in range(m)]
+  _store(o_ref, accs, [pltriton.load(sum_ref.at[r]) for r in rows],
+         [pltriton.load(rs_ref.at[r]) for r in rows], cs_ref[...])
+
+
+def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, residual: bool):
+  """Refs: float x `[M, K]`, the residual `[M, K]` (with `residual`), the norm's scale `[K]`
+  (with `norm_eps`), codes, column scales, output. Each program quantizes every row itself, bit
+  for bit as `quantize_rows` (natural order) does: the row's statistics (the norm's sum of
+  squares, absmax, the sum of q) from the whole row in registers, then, per step, the values its
+  code words meet, gathered in plane order, normalized, quantized and packed four to a word."""
+  x_ref, *refs = refs
+  res_ref = refs.pop(0) if residual else None
+  norm_ref = refs.pop(0) if norm_eps is not None else None
+  w_ref, cs_ref, o_ref = refs
+  m, k = x_ref.shape
+  cols = jax.lax.broadcasted_iota(jnp.int32, (row_width(k),), 0)
+  stats = []
+  for r in range(m):
+    raw = load_row(x_ref, res_ref, r, cols, cols < k, False, k)
+    inv_rms = None if norm_ref is None else inverse_rms(jnp.sum(raw * raw), k, norm_eps, asm)
+    v = normalize(raw, norm_ref, cols, cols < k, inv_rms)
+    s = quantization_scale(jnp.max(jnp.abs(v)), asm)
+    stats.append((inv_rms, s, jnp.sum(quantize(v, s, asm))))
+  # Word p of a step holds, in byte b of plane q, K row 128 (p // 8) + 32 q + 4 (p % 8) + b.
+  p = jax.lax.broadcasted_iota(jnp.int32, (block_w,), 0)
+  word_rows = TILE_K * (p // PLANE_WORDS) + 4 * (p % PLANE_WORDS)
+
+  def x_words_of(r, s):
+    inv_rms, scale, _ = stats[r]
+    words = []
+    for q in range(4):
+      word = jnp.zeros((block_w,), jnp.int32)
+      for b in range(4):
+        at = s * block_w * WORD_WEIGHTS + word_rows + PLANE_ROWS * q + b
+        v = normalize(load_row(x_ref, res_ref, r, at, at < k, False, k), norm_ref, at, at < k,
+                      inv_rms)
+        word = word | ((quantize(v, scale, asm) & 0xFF) << (8 * b))
+      words.append(word[None, :])
+    return words
+
+  accs = _accumulate(w_ref, x_words_of, m, block_w, asm)
+  _store(o_ref, accs, [offset for *_, offset in stats],
+         [divide_as_xla(jnp.ones_like(s), s, asm) for _, s, _ in stats], cs_ref[...])
+
+
+def _check(config: GemvConfig, x: jax.Array, codes: jax.Array, int8: bool) -> None:
+  k, (n, nbytes), c = x.shape[1], codes.shape, config
+  powers_of_two = all(b > 0 and not b & (b - 1) for b in (c.block_n, c.block_w))
+  dtype_ok = x.dtype == jnp.int8 if int8 else jnp.issubdtype(x.dtype, jnp.floating)
+  if (not dtype_ok or k > nbytes * 4 or n % c.block_n or not powers_of_two
+      or c.block_w < PLANE_WORDS):
+    raise ValueError(f"{c} does not tile x {x.dtype} {tuple(x.shape)} x codes "
+                     f"{tuple(codes.shape)}: x must be {'int8' if int8 else 'float'} with K <= "
+                     f"{nbytes * 4}, block_n={c.block_n} must divide N={n} (N padded to 16 by "
+                     f"ternary_matmul), and block_n and block_w={c.block_w} be powers of two with "
+                     f"block_w >= {PLANE_WORDS} (one format tile).")
+
+
+def _call(kernel, x_inputs: list[jax.Array], m: int, codes: jax.Array, col_scale: jax.Array,
+          config: GemvConfig, out_dtype, interpret: bool, out_init: jax.Array | None):
+  """The GEMV's pallas_call: x's inputs whole, `block_n` code rows and column scales per program."""
+  n, nbytes = codes.shape
+  words = jax.lax.bitcast_convert_type(codes.reshape(n, nbytes // 4, 4), jnp.int32)
+  whole = pl.BlockSpec(memory_space=pl.ANY)
+  in_specs = [whole] * len(x_inputs) + [
+      pl.BlockSpec((config.block_n, nbytes // 4), lambda j: (j, 0)),
+      pl.BlockSpec((config.block_n,), lambda j: (j,))]
+  return call(kernel, [*x_inputs, words, col_scale], in_specs, whole,
+              jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // config.block_n,),
+              config=config, interpret=interpret, out_init=out_init)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
@@ -128,22 +218,40 @@ def matmul(xq: jax.Array, row_scale: jax.Array, row_sum: jax.Array, codes: jax.A
   asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp).
   `out_init`, if given, is the output buffer (aliased): tiles the kernel fails to write keep it.
   """
-  (m, k), (n, nbytes), c = xq.shape, codes.shape, config
-  kp = nbytes * 4
-  powers_of_two = all(b > 0 and not b & (b - 1) for b in (c.block_n, c.block_w))
-  if (xq.dtype != jnp.int8 or k > kp or n % c.block_n or not powers_of_two
-      or c.block_w < PLANE_WORDS):
-    raise ValueError(f"{c} does not tile xq {xq.dtype} {tuple(xq.shape)} x codes "
-                     f"{tuple(codes.shape)}: xq must be int8 with K <= {kp}, block_n="
-                     f"{c.block_n} must divide N={n} (N padded to 16 by ternary_matmul), and "
-                     f"block_n and block_w={c.block_w} be powers of two with block_w >= "
-                     f"{PLANE_WORDS} (one format tile).")
-  words = jax.lax.bitcast_convert_type(codes.reshape(n, kp // WORD_WEIGHTS, 4), jnp.int32)
-  kernel = functools.partial(_kernel, block_w=c.block_w,
+  _check(config, xq, codes, int8=True)
+  kernel = functools.partial(_kernel, block_w=config.block_w,
                              asm=not interpret if asm is None else asm)
-  whole = pl.BlockSpec(memory_space=pl.ANY)
-  in_specs = [whole, pl.BlockSpec((c.block_n, kp // WORD_WEIGHTS), lambda j: (j, 0)), whole,
-              whole, pl.BlockSpec((c.block_n,), lambda j: (j,))]
-  return call(kernel, [x_words(xq, kp), words, row_scale, row_sum, col_scale], in_specs, whole,
-              jax.ShapeDtypeStruct((m, n), out_dtype), grid=(n // c.block_n,), config=c,
-              interpret=interpret, out_init=out_init)
+  return _call(kernel, [x_words(xq, codes.shape[1] * 4), row_scale, row_sum], xq.shape[0],
+               codes, col_scale, config, out_dtype, interpret, out_init)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret", "asm"))
+def matmul_quantizing(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
+                      prologue: RMSNormPrologue | None = None, *, config: GemvConfig, out_dtype,
+                      interpret: bool = False, asm: bool | None = None,
+                      out_init: jax.Array | None = None) -> jax.Array:
+  """`matmul` of `quantize_rows(x, prologue, rows=M, plane_order=False)` in one kernel: each
+  program quantizes x (after the RMS norm `prologue`, if given) itself, bit for bit as
+  `quantize_rows`, so a decode call is one launch instead of two. Every program reads the whole
+  of x (and the residual and norm scale): worth it where K is short (`config.choose_gemv`).
+
+  x: float `[M, K]` (K <= row_width's MAX_WIDTH); codes, col_scale, the rest: as `matmul`."""
+  if prologue is not None and not isinstance(prologue, RMSNormPrologue):
+    raise ValueError(f"the quantizing dp4a GEMV computes an RMSNormPrologue or none, got "
+                     f"{type(prologue).__name__}; apply it first or use a GemvConfig with "
+                     "quantizes_x=False.")
+  _check(config, x, codes, int8=False)
+  if x.shape[1] > MAX_WIDTH:
+    raise ValueError(f"the quantizing dp4a GEMV holds a row of x in registers: K={x.shape[1]} "
+                     f"must be <= {MAX_WIDTH}; use a GemvConfig with quantizes_x=False.")
+  inputs, norm_eps, residual = [x], None, False
+  if prologue is not None:
+    check_rms_norm(x.shape, prologue.scale, prologue.residual)
+    residual = prologue.residual is not None
+    inputs += [prologue.residual] * residual + [prologue.scale]
+    norm_eps = float(prologue.eps)
+  kernel = functools.partial(_kernel_quantizing, block_w=config.block_w,
+                             asm=not interpret if asm is None else asm, norm_eps=norm_eps,
+                             residual=residual)
+  return _call(kernel, inputs, x.shape[0], codes, col_scale, config, out_dtype, interpret,
+               out_init)

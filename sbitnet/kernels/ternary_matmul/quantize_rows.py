@@ -55,7 +55,7 @@ def divide_as_xla(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
   return r
 
 
-def _round(v: jax.Array, asm: bool) -> jax.Array:
+def round_to_int(v: jax.Array, asm: bool) -> jax.Array:
   """`jnp.round` (to nearest, ties to even) of float32 as int32; on the GPU one `cvt.rni`, which
   also keeps the multiply before it from being fused into an FMA (that would round the exact
   product instead of the float32 one XLA rounds)."""
@@ -65,6 +65,50 @@ def _round(v: jax.Array, asm: bool) -> jax.Array:
       "cvt.rni.s32.f32 $0, $1;", args=[v], constraints="=r,r", pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, jnp.int32)])
   return r
+
+
+def row_width(k: int, max_width: int = MAX_WIDTH) -> int:
+  """Columns a program holds in registers at once for rows of k values (a power of two)."""
+  return min(max(1 << (k - 1).bit_length(), 1024), max_width)
+
+
+def load_row(x_ref, res_ref, row, cols: jax.Array, ok: jax.Array, glu: bool, k: int) -> jax.Array:
+  """Float32 values at columns `cols` (where `ok`, else 0) of row `row` of the linear's input
+  before any norm: `x`, `swiglu(x)` with `glu` (x `[M, 2k]`), plus the residual if `res_ref`."""
+  v = pltriton.load(x_ref.at[row, cols], mask=ok, other=0).astype(jnp.float32)
+  if glu:
+    v = jax.nn.silu(v) * pltriton.load(x_ref.at[row, cols + k], mask=ok,
+                                       other=0).astype(jnp.float32)
+  if res_ref is not None:
+    v = v + pltriton.load(res_ref.at[row, cols], mask=ok, other=0).astype(jnp.float32)
+  return v
+
+
+def normalize(v: jax.Array, norm_ref, cols: jax.Array, ok: jax.Array,
+              inv_rms: jax.Array | None) -> jax.Array:
+  """`v * inv_rms * scale[cols]` (`rms_norm`'s last step), or v without a norm."""
+  if norm_ref is None:
+    return v
+  return v * inv_rms * pltriton.load(norm_ref.at[cols], mask=ok, other=0).astype(jnp.float32)
+
+
+def inverse_rms(sum_squares: jax.Array, k: int, eps: float, asm: bool) -> jax.Array:
+  """`rsqrt(sum_squares / k + eps)`, float32 `[1]`, dividing as XLA does."""
+  mean = divide_as_xla(sum_squares[None], jnp.full((1,), k, jnp.float32), asm)
+  return jax.lax.rsqrt(mean + eps)
+
+
+def quantization_scale(amax: jax.Array, asm: bool) -> jax.Array:
+  """`absmax_int8`'s multiplier `127 / max(amax, EPS)`, float32 `[1]`."""
+  s = divide_as_xla(jnp.full((1,), 127.0, jnp.float32), jnp.maximum(amax, EPS)[None], asm)
+  if not asm:  # keep XLA from rewriting 1 / (127 / a) as a · (1 / 127), which rounds otherwise
+    s = jax.lax.optimization_barrier(s)
+  return s
+
+
+def quantize(v: jax.Array, s: jax.Array, asm: bool) -> jax.Array:
+  """int32 `clip(round(v · s), -128, 127)`."""
+  return jnp.clip(round_to_int(v * s, asm), -128, 127)
 
 
 def _source_columns(width: int, plane_order: bool) -> jax.Array:
@@ -100,32 +144,17 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
     """Chunk c of the row in output order before any norm, float32, and its columns."""
     cols = columns + c * width
     ok = (cols < k) & real
-    at = jnp.minimum(row, m - 1)
-    v = pltriton.load(x_ref.at[at, cols], mask=ok, other=0).astype(jnp.float32)
-    if glu:
-      v = jax.nn.silu(v) * pltriton.load(x_ref.at[at, cols + k], mask=ok,
-                                         other=0).astype(jnp.float32)
-    if res_ref is not None:
-      v = v + pltriton.load(res_ref.at[at, cols], mask=ok, other=0).astype(jnp.float32)
-    return v, cols, ok
-
-  def normalize(v, cols, ok, inv_rms):
-    if norm_ref is None:
-      return v
-    scale = pltriton.load(norm_ref.at[cols], mask=ok, other=0).astype(jnp.float32)
-    return v * inv_rms * scale
+    return load_row(x_ref, res_ref, jnp.minimum(row, m - 1), cols, ok, glu, k), cols, ok
 
   def norm_factor(sum_squares):
-    if norm_ref is None:
-      return None
-    mean = divide_as_xla(sum_squares[None], jnp.full((1,), k, jnp.float32), asm)
-    return jax.lax.rsqrt(mean + norm_eps)
+    return None if norm_ref is None else inverse_rms(sum_squares, k, norm_eps, asm)
 
   def value(c, inv_rms):
-    return normalize(*load(c), inv_rms)
+    raw, cols, ok = load(c)
+    return normalize(raw, norm_ref, cols, ok, inv_rms)
 
-  def quantize(c, v, total):
-    q = jnp.clip(_round(v * s, asm), -128, 127)
+  def store(c, v, total):
+    q = quantize(v, s, asm)
     at = c * width
     pltriton.store(q_ref.at[row, pl.ds(at, width)], q.astype(jnp.int8), mask=place + at < out_k)
     return total + jnp.sum(jnp.where(summed, q, 0))
@@ -133,7 +162,7 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
   if chunks == 1:  # the whole row stays in registers: x is read once
     raw, cols, ok = load(0)
     inv_rms = norm_factor(jnp.sum(raw * raw))
-    v = normalize(raw, cols, ok, inv_rms)
+    v = normalize(raw, norm_ref, cols, ok, inv_rms)
     amax = jnp.max(jnp.abs(v))
   else:
     inv_rms = None
@@ -143,13 +172,11 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
     amax = jax.lax.fori_loop(
         0, chunks, lambda c, a: jnp.maximum(a, jnp.max(jnp.abs(value(c, inv_rms)))),
         jnp.float32(0))
-  s = divide_as_xla(jnp.full((1,), 127.0, jnp.float32), jnp.maximum(amax, EPS)[None], asm)
-  if not asm:  # keep XLA from rewriting 1 / (127 / a) as a · (1 / 127), which rounds otherwise
-    s = jax.lax.optimization_barrier(s)
+  s = quantization_scale(amax, asm)
   if chunks == 1:
-    offset = quantize(0, v, jnp.int32(0))
+    offset = store(0, v, jnp.int32(0))
   else:
-    offset = jax.lax.fori_loop(0, chunks, lambda c, t: quantize(c, value(c, inv_rms), t),
+    offset = jax.lax.fori_loop(0, chunks, lambda c, t: store(c, value(c, inv_rms), t),
                                jnp.int32(0))
   scale = jnp.where(real, divide_as_xla(jnp.ones_like(s), s, asm), 0.0)
   pltriton.store(scale_ref.at[pl.ds(row, 1)], scale)
@@ -186,7 +213,7 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
     residual = prologue.residual is not None
     inputs = [x, *([prologue.residual] if residual else []), prologue.scale]
     norm_eps = float(prologue.eps)
-  width = min(max(1 << (out_k - 1).bit_length(), 1024), max_width)
+  width = row_width(out_k, max_width)
   kernel = functools.partial(_kernel, width=width, plane_order=plane_order,
                              asm=not interpret if asm is None else asm, norm_eps=norm_eps,
                              residual=residual, glu=glu)
