@@ -293,9 +293,9 @@ def test_dispatcher_takes_the_gemv_where_it_measured_faster():
   assert config_lib.choose_gemv(1, 28672, 8192) == GemvConfig(block_n=32, block_w=64)
   assert config_lib.choose_gemv(2, 28672, 8192).block_n == 16
   assert config_lib.choose_gemv(1, 2048, 11008) == GemvConfig(block_n=1, block_w=128)
-  assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=4, block_w=128,
+  assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=16, block_w=128,
                                                              quantizes_x=True)
-  assert config_lib.choose_gemv(1, 22016, 2048).quantizes_x
+  assert not config_lib.choose_gemv(1, 22016, 2048).quantizes_x
   assert not config_lib.choose_gemv(1, 28672, 8192).quantizes_x
 
 

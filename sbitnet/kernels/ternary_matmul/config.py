@@ -34,9 +34,11 @@ GEMV_MAX_ROWS = 32
 GEMV_MIN_PROGRAMS = 600
 GEMV_NARROW_N = 4096
 GEMV_LONG_K = 8192
-# Up to this K the GEMV quantizes x itself (each program the whole row, with its RMS norm):
-# one launch per call instead of two.
+# Narrow layers up to this K: the GEMV quantizes x itself (each program the whole row, with its
+# RMS norm), one launch per call instead of two, with this many code rows per program (few
+# programs: each pays for the quantization).
 GEMV_QUANTIZING_MAX_K = 2048
+GEMV_QUANTIZING_ROWS = 16
 # The activation quantization computes a prologue itself (`quantize_rows`) rather than after XLA
 # computes it: the RMS norm always (3B pre-norm with its residual, K = 2048, H200: 4.2 vs 5.1 us
 # at 1 row, 5.1 vs 5.5 at 16, 5.7 vs 6.3 at 128), SwiGLU from this M (K = 11008: 8.3 vs 9.3 us
@@ -105,19 +107,25 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
   H200 sweeps at M = 1 (docs/kernels.md). Wide layers: the most code rows per program (up to
   32 / m: the accumulators grow with both) that still leave GEMV_MIN_PROGRAMS programs
   (8192→28672 32 rows, 896 programs; 2048→11008 16, 688), 64-word steps, and at least 128 words
-  per step (one per thread of the 4 warps). Narrow layers (n <= GEMV_NARROW_N): 128-word steps,
-  one code row per program when k >= GEMV_LONG_K (11008→2048: 9.3 vs 11.1 us with two rows and
-  64-word steps), else four (2048→2048 4.7 vs 4.9, 2048→2560 4.8 vs 5.0). The dispatcher sends
-  it one row only; more rows are for explicit configs."""
-  quantizes_x = k <= GEMV_QUANTIZING_MAX_K
+  per step (one per thread of the 4 warps). Narrow layers (n <= GEMV_NARROW_N): 128-word steps;
+  up to k = GEMV_QUANTIZING_MAX_K the kernel that quantizes x itself with 16 code rows per
+  program (2048→2048 4.0 vs 4.6 us, with the pre-norm 5.1 vs 5.3; 2048→2560 with the pre-norm
+  5.5 vs 5.5), one code row per program when k >= GEMV_LONG_K (11008→2048: 9.3 vs 11.1 us with
+  two rows and 64-word steps), else four. Code rows per program are powers of two. The
+  dispatcher sends it one row only; more rows are for explicit configs."""
+  def rows_at_most(limit: int) -> int:  # a power of two, with GEMV_MAX_ROWS accumulators at most
+    return 1 << (max(1, min(limit, GEMV_MAX_ROWS // m)).bit_length() - 1)
+
+  if n <= GEMV_NARROW_N and k <= GEMV_QUANTIZING_MAX_K:
+    return GemvConfig(block_n=rows_at_most(GEMV_QUANTIZING_ROWS), block_w=128, num_warps=4,
+                      quantizes_x=True)
   if n <= GEMV_NARROW_N:
-    return GemvConfig(block_n=1 if k >= GEMV_LONG_K else max(1, min(4, GEMV_MAX_ROWS // m)),
-                      block_w=128, num_warps=4, quantizes_x=quantizes_x)
-  block_n = max(1, GEMV_MAX_ROWS // m)
+    return GemvConfig(block_n=1 if k >= GEMV_LONG_K else rows_at_most(4), block_w=128,
+                      num_warps=4)
+  block_n = rows_at_most(GEMV_MAX_ROWS)
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2
-  return GemvConfig(block_n=block_n, block_w=max(64, 128 // block_n), num_warps=4,
-                    quantizes_x=quantizes_x)
+  return GemvConfig(block_n=block_n, block_w=max(64, 128 // block_n), num_warps=4)
 
 
 # The Mosaic GPU 2-bit kernel (Hopper, int8 activations) was measured up to this M (H200 sweeps).
