@@ -1,11 +1,13 @@
 """KV-cache decoding equals full recomputation: logits at every step and greedy tokens, for
 batched prompts of different lengths, for the training model and the packed one."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sbitnet.infer.generation import Generator, bucket, decode_step, prefill
+from sbitnet.nn import KVCache
 from tests.infer.conftest import assert_close, full_logits, greedy_by_recompute
 
 CONTINUATION = [ord(c) for c in "return 42"]
@@ -57,3 +59,23 @@ def test_unstacked_model_equals_stacked(model, prompts):
   tokens = jnp.asarray([prompts[1]])
   assert_close(unstacked(tokens), model(tokens), tol=1e-5)
   assert unstacked.unstacked() is unstacked
+
+
+@pytest.mark.parametrize("lengths", [[5], [8], [0, 5, 8]],
+                         ids=["one row", "one row clamped", "three rows"])
+def test_cache_write_stores_each_row_at_its_length(lengths):
+  """`KVCache.write` (one row: a plain update; more: vmapped) against NumPy: each row's new
+  tokens at slots lengths[b] .. + T - 1, the rest untouched, lengths unchanged; a row too full
+  for its tokens is written at the last slots that hold them (clamped)."""
+  b, slots, t = len(lengths), 9, 2
+  cache = KVCache(jnp.arange(b * slots * 2 * 4, dtype=jnp.float32).reshape(b, slots, 2, 4),
+                  -jnp.ones((b, slots, 2, 4)), jnp.asarray(lengths, jnp.int32))
+  keys = 1000 + jnp.arange(b * t * 2 * 4, dtype=jnp.float32).reshape(b, t, 2, 4)
+  out = jax.jit(KVCache.write)(cache, keys, -keys)
+  want_k, want_v = np.array(cache.keys), np.array(cache.values)
+  for row, length in enumerate(lengths):
+    start = min(length, slots - t)
+    want_k[row, start:start + t], want_v[row, start:start + t] = keys[row], -keys[row]
+  np.testing.assert_array_equal(out.keys, want_k)
+  np.testing.assert_array_equal(out.values, want_v)
+  np.testing.assert_array_equal(out.lengths, lengths)
