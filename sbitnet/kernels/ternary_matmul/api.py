@@ -251,7 +251,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     prologue: a row-wise op applied to x first (`sbitnet.ops.RMSNormPrologue`, a pre-norm, or
       `SwiGLUPrologue`, the gating ahead of a down projection). The 2-bit kernels with `quantize_x`
       compute it in their activation-quantization kernel (with `config=None` where that measured
-      faster, `config.prologue_fused`); every other path applies it in XLA first. In float32 either
+      faster, `config.prologue_fused`; the one-row GEMV on short rows computes a norm and the
+      quantization itself, `GemvConfig.quantizes_x`); every other path applies it in XLA first. In float32 either
       way, quantized from float32 with `quantize_x` (else rounded to x's dtype); on the GPU XLA's
       and the kernel's reductions and transcendentals can round differently in the last bit (an int8
       step where a value sits at a tie).

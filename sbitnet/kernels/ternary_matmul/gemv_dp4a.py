@@ -98,21 +98,18 @@ def _step_planes(w_ref, s, block_w: int, asm: bool) -> list[jax.Array]:
   return _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0), asm)
 
 
-def _accumulate(w_ref, x_words_of, m: int, block_w: int, asm: bool,
-                first_planes: list[jax.Array] | None = None) -> tuple[jax.Array, ...]:
+def _accumulate(w_ref, x_words_of, m: int, block_w: int, asm: bool) -> tuple[jax.Array, ...]:
   """Per row r < m, the int32 `[block_n, block_w]` dp4a partial sums of this program's code rows
   (w_ref `[block_n, words]`) with x, whose words of plane q at step s are `x_words_of(r, s)[q]`
-  (`[1, block_w]`). `first_planes`: a one-step problem's `_step_planes`, loaded ahead."""
+  (`[1, block_w]`)."""
   bn, words = w_ref.shape
 
-  def step(s, accs, planes=None):
-    planes = _step_planes(w_ref, s, block_w, asm) if planes is None else planes
+  def step(s, accs):
+    planes = _step_planes(w_ref, s, block_w, asm)
     return tuple(_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in x_words_of(r, s)],
                        acc, asm) for r, acc in enumerate(accs))
 
   zeros = (jnp.zeros((bn, block_w), jnp.int32),) * m
-  if first_planes is not None:
-    return step(0, zeros, first_planes)
   return jax.lax.fori_loop(0, pl.cdiv(words, block_w), step, zeros)
 
 
@@ -157,8 +154,6 @@ def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, r
   norm_ref = refs.pop(0) if norm_eps is not None else None
   w_ref, cs_ref, o_ref = refs
   m, k = x_ref.shape
-  # With one step, its code words are loaded first, so that their latency overlaps x's.
-  first = _step_planes(w_ref, 0, block_w, asm) if w_ref.shape[1] <= block_w else None
   cols = jax.lax.broadcasted_iota(jnp.int32, (row_width(k),), 0)
   stats = []
   for r in range(m):
@@ -184,7 +179,7 @@ def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, r
       words.append(word[None, :])
     return words
 
-  accs = _accumulate(w_ref, x_words_of, m, block_w, asm, first)
+  accs = _accumulate(w_ref, x_words_of, m, block_w, asm)
   _store(o_ref, accs, [offset for *_, offset in stats],
          [divide_as_xla(jnp.ones_like(s), s, asm) for _, s, _ in stats], cs_ref[...])
 
