@@ -175,11 +175,13 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   return _product(parts, m, n)
 
 
-def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax.Array,
+def _int8_gemm(x: jax.Array, prologue: Prologue | None, t: jax.Array, col_scale: jax.Array,
                out_dtype, config: int8_gemm.GemmConfig | int8_gemm_mgpu.MgpuGemmConfig | None,
                out_init: jax.Array | None) -> jax.Array:
-  """`(xq @ t.T) * row_scale * col_scale` through a Pallas int8 GEMM, padding M, N and K."""
-  (m, k), n = xq.shape, t.shape[0]
+  """`(xq @ t.T) * row_scale * col_scale` through a Pallas int8 GEMM, padding M, N and K, with x
+  `[m, K]` (or `prologue`'s input) quantized per token to `xq`, `row_scale` by one kernel,
+  `quantize_rows`, which also computes the prologue, as ahead of the 2-bit kernels."""
+  m, (n, k) = x.shape[0], t.shape
   n16 = _round_up(n, 16)
   c = config or config_lib.choose_int8_gemm(m, n16, k, on_hopper())
   interpret = off_gpu()
@@ -196,6 +198,7 @@ def _int8_gemm(xq: jax.Array, row_scale: jax.Array, t: jax.Array, col_scale: jax
                        f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, "
                        f"block_k={c.block_k} of 32, and split_k={c.split_k} positive.")
     multiples = (c.block_m, 16, c.block_k * c.split_k)
+  xq, row_scale, _ = quantize_rows(x, prologue, rows=m, plane_order=False, interpret=interpret)
   mp, np_, kp = (_round_up(size, multiple) for size, multiple in zip((m, n, k), multiples))
   xq, t = _pad_to(_pad_to(xq, 1, kp), 0, mp), _pad_to(_pad_to(t, 1, kp), 0, np_)
   row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, np_)
@@ -230,8 +233,9 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
       off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (512 with
       `quantize_x` and no `int8_weight`: `config.two_bit_max_m`) and the measured faster
-      implementation above. Pallas with `quantize_x` above that M unpacks the weight to int8 (or
-      takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper from 512 rows the
+      implementation above. Pallas with `quantize_x` above that M quantizes x in one kernel
+      (`quantize_rows`), unpacks the weight to int8 (or takes `int8_weight`) and runs an int8 GEMM
+      with fused scales (on Hopper from 512 rows the
       Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
       a 2-bit kernel streams the packed codes: for int8 activations of one row
       (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), on Hopper for int8 activations where it
@@ -249,12 +253,13 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     int8_weight: `unpack_int8(p)`, kept by the caller: the int8 GEMMs (`quantize_x` above M = 64,
       and XLA's at any M) multiply it instead of unpacking `p` on every call. Same result.
     prologue: a row-wise op applied to x first (`sbitnet.ops.RMSNormPrologue`, a pre-norm, or
-      `SwiGLUPrologue`, the gating ahead of a down projection). The 2-bit kernels with `quantize_x`
-      compute it in their activation-quantization kernel (with `config=None` where that measured
-      faster, `config.prologue_fused`; the one-row GEMV on short rows computes a norm and the
-      quantization itself, `GemvConfig.quantizes_x`); every other path applies it in XLA first. In float32 either
-      way, quantized from float32 with `quantize_x` (else rounded to x's dtype); on the GPU XLA's
-      and the kernel's reductions and transcendentals can round differently in the last bit (an int8
+      `SwiGLUPrologue`, the gating ahead of a down projection). The Pallas kernels with
+      `quantize_x` (2-bit and int8 GEMMs) compute it in their activation-quantization kernel,
+      `quantize_rows` (with `config=None` where that measured faster, `config.prologue_fused`; the
+      one-row GEMV on short rows computes a norm and the quantization itself,
+      `GemvConfig.quantizes_x`); every other path applies it in XLA first. In float32 either way,
+      quantized from float32 with `quantize_x` (else rounded to x's dtype); on the GPU XLA's and
+      the kernel's reductions and transcendentals can round differently in the last bit (an int8
       step where a value sits at a tie).
 
   Under `jax.shard_map`, shard `p` along N (`dataclasses.replace(p, codes=P(ax, None),
@@ -282,17 +287,19 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
   int8_gemm_path = impl == "pallas" and quantize_x and (
       isinstance(config, INT8_GEMM_CONFIGS)
       or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
-  fused = impl == "pallas" and quantize_x and not int8_gemm_path and (
+  fused = impl == "pallas" and quantize_x and (
       config is not None or config_lib.prologue_fused(isinstance(prologue, SwiGLUPrologue), m))
   prologue = None if prologue is None else _rows(prologue, m)
   if prologue is not None and not fused:
     # Quantizing paths take the float32 result, as the fused kernel does.
     x2, prologue = prologue(x2, jnp.float32 if quantize_x else None), None
   if quantize_x and (impl == "xla" or int8_gemm_path):
-    xq, x_scale = absmax_int8(x2)
     t = reference.unpack_int8(p) if int8_weight is None else int8_weight
-    y = (reference.matmul_int8(xq, x_scale, t, p.scale) if impl == "xla" else
-         _int8_gemm(xq, x_scale[:, 0], t, p.scale, x.dtype, config, out_init))
+    if impl == "xla":
+      xq, x_scale = absmax_int8(x2)
+      y = reference.matmul_int8(xq, x_scale, t, p.scale)
+    else:
+      y = _int8_gemm(x2, prologue, t, p.scale, x.dtype, config, out_init)
   elif impl == "xla":
     y = reference.matmul_float(x2, p.codes, p.scale)
   else:
