@@ -190,15 +190,16 @@ def check_correctness(log):
 
 def check_prologues(p, x, log):
   """The pre-norm (with a residual) and SwiGLU prologues computed in the quantization kernel,
-  against XLA applying them first (jitted, as in a model), through each 2-bit kernel (the norm
-  also through the GEMV that quantizes x itself). The same
+  against XLA applying them first (jitted, as in a model), through each 2-bit kernel and the
+  int8 GEMM (the norm also through the GEMV that quantizes x itself). The same
   float32 math, but XLA's and Triton's reductions, rsqrt and exp need not round alike on the GPU:
   the check is the 1e-2 tolerance, and the differing int8 activations and outputs are reported."""
   ok = True
   scale = 1 + 0.1 * _nonzero_normal(jax.random.key(4), (p.in_features,), jnp.float32)
   cases = {"rms_norm+residual": (x, lambda r: RMSNormPrologue(scale, 1e-6, x[::-1][:r])),
            "swiglu": (jnp.concatenate([x, x[::-1]], axis=1), lambda r: SwiGLUPrologue())}
-  configs = [(gemv_dp4a.GemvConfig(block_n=8, block_w=128), 1), (Config(block_n=128), 16)] + (
+  configs = [(gemv_dp4a.GemvConfig(block_n=8, block_w=128), 1), (Config(block_n=128), 16),
+             (config_lib.choose_int8_gemm(100, p.shape[1], p.in_features, on_hopper()), 100)] + (
       [(two_bit_mgpu.TwoBitMgpuConfig(warpgroups=1), 16)] if on_hopper() else [])
   quantizing_gemv = (gemv_dp4a.GemvConfig(block_n=8, block_w=128, quantizes_x=True), 1)
   for name, (xin, prologue) in cases.items():
@@ -537,6 +538,8 @@ def bench_mgpu_2bit(shapes, ms, log):
 
 
 def _short(c):
+  if isinstance(c, (int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig)):
+    return _short_gemm(c)
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
     return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
   if isinstance(c, gemv_dp4a.GemvConfig):
