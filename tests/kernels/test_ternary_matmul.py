@@ -536,6 +536,20 @@ def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkey
   assert taken == [TwoBitMgpuConfig(tile_n=64, warpgroups=1), config_lib.choose(16, 128, 256, True)]
 
 
+def test_kept_int8_weights_take_the_mosaic_2bit_kernel_up_to_its_rows():
+  """With a kept int8 weight, calls over DECODE_MAX_M rows go to an int8 GEMM, except on Hopper
+  where the Mosaic 2-bit kernel serves them (up to MGPU_2BIT_MAX_M rows, CTA rows dividing N)."""
+  serves = config_lib.two_bit_serves
+  assert serves(64, 2048, 2048, True, True, hopper=False)
+  assert not serves(128, 2048, 2048, True, True, hopper=False)
+  assert serves(128, 2048, 2048, True, True, hopper=True)
+  assert serves(128, 2048, 11008, True, True, hopper=True)
+  assert not serves(128, 2000, 2048, True, True, hopper=True)  # no Mosaic tiling of N
+  assert not serves(256, 2048, 2048, True, True, hopper=True)
+  assert serves(512, 2048, 2048, True, False, hopper=False)  # streamed codes, no int8 copy
+  assert not serves(128, 2048, 2048, False, True, hopper=True)  # bf16 activations
+
+
 @pytest.mark.parametrize("prologue", ["rms_norm+residual", "swiglu"])
 @pytest.mark.parametrize("m,config", [
     (1, GemvConfig(block_n=16, block_w=16)), (5, Config(block_m=16, block_n=32, split_k=2)),

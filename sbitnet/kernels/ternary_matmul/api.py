@@ -57,14 +57,14 @@ def on_hopper() -> bool:
 
 
 def _pick(m: int, k: int, n: int, x_dtype, quantize_x: bool, int8_weight_kept: bool) -> str:
-  """The measured faster implementation on GPU (docs/kernels.md): the 2-bit kernel up to
-  `two_bit_max_m`; above, the Pallas int8 GEMM where it beat XLA's, XLA otherwise (bf16
-  activations included)."""
+  """The measured faster implementation on GPU (docs/kernels.md): a 2-bit kernel where
+  `config.two_bit_serves`; otherwise the Pallas int8 GEMM where it beat XLA's, XLA otherwise
+  (bf16 activations included)."""
   if off_gpu():
     return "xla"
   if not quantize_x and x_dtype not in PALLAS_FLOAT_DTYPES:
     return "xla"
-  if m <= config_lib.two_bit_max_m(quantize_x, int8_weight_kept):
+  if config_lib.two_bit_serves(m, n, k, quantize_x, int8_weight_kept, on_hopper()):
     return "pallas"
   return "pallas" if quantize_x and config_lib.int8_gemm_wins(m, n, k, on_hopper()) else "xla"
 
@@ -286,7 +286,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                      "quantize_x=True.")
   int8_gemm_path = impl == "pallas" and quantize_x and (
       isinstance(config, INT8_GEMM_CONFIGS)
-      or config is None and m > config_lib.two_bit_max_m(quantize_x, kept))
+      or config is None
+      and not config_lib.two_bit_serves(m, *p.shape[::-1], quantize_x, kept, on_hopper()))
   fused = impl == "pallas" and quantize_x and (
       config is not None or config_lib.prologue_fused(isinstance(prologue, SwiGLUPrologue), m))
   prologue = None if prologue is None else _rows(prologue, m)
