@@ -45,7 +45,8 @@ class PackedLinear(nnx.Module):
   def materialize_int8(self) -> None:
     """Keeps the ternary weight unpacked, int8 `[out, in]` (`sbitnet.kernels.unpack_int8`), beside
     the codes and passes it to `ternary_matmul`: calls it sends to an int8 GEMM (on GPU, more
-    than 64 rows: prefill, large-batch decode; without it the 2-bit kernel serves up to 512 rows)
+    than 64 rows, or 128 on Hopper: prefill, large-batch decode; without it the 2-bit kernel
+    serves up to 512 rows)
     skip unpacking the codes each time; smaller calls still stream the 2-bit codes. Costs 8 more
     bits per weight of memory. Works on a stacked (`[layers, ...]`) layer too."""
     def unpacked(codes, scale):

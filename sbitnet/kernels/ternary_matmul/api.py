@@ -232,8 +232,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       does), then `y = (x_q @ t) * s_x * gamma` with exact int32 accumulation.
     implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
       off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (512 with
-      `quantize_x` and no `int8_weight`: `config.two_bit_max_m`) and the measured faster
-      implementation above. Pallas with `quantize_x` above that M quantizes x in one kernel
+      `quantize_x` and no `int8_weight`; with one, 128 on Hopper where the Mosaic kernel serves
+      the shape: `config.two_bit_serves`) and the measured faster implementation above. Pallas with `quantize_x` above that M quantizes x in one kernel
       (`quantize_rows`), unpacks the weight to int8 (or takes `int8_weight`) and runs an int8 GEMM
       with fused scales (on Hopper from 512 rows the
       Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
