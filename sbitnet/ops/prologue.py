@@ -31,6 +31,13 @@ def check_rms_norm(x_shape: tuple[int, ...], scale: jax.Array,
                      "the same.")
 
 
+def check_swiglu(x_shape: tuple[int, ...]) -> None:
+  """Trace-time check of `swiglu`'s input: an even last axis, `[..., 2K]` (gate, then up)."""
+  if not x_shape or x_shape[-1] % 2:
+    raise ValueError(f"SwiGLU takes x [..., 2K] (gate, then up); x has shape {tuple(x_shape)}, "
+                     "whose last axis is not even.")
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float, residual: jax.Array | None = None,
              out_dtype=None) -> jax.Array:
   """`v / sqrt(mean(v², axis=-1) + eps) * scale` with `v = x (+ residual)` for x (and residual)
@@ -46,9 +53,7 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float, residual: jax.Array | N
 def swiglu(x: jax.Array, out_dtype=None) -> jax.Array:
   """`silu(gate) * up` for x `[..., 2K]` = `[gate | up]`, computed in float32 and returned in
   `out_dtype` (default x's dtype) `[..., K]` (silu(g) = g · sigmoid(g))."""
-  width = x.shape[-1]
-  if width % 2:
-    raise ValueError(f"swiglu takes [..., 2K] (gate, then up), got a last axis of {width}.")
+  check_swiglu(x.shape)
   gate, up = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return (jax.nn.silu(gate) * up).astype(out_dtype or x.dtype)
 

@@ -31,7 +31,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
-from sbitnet.ops.prologue import Prologue, RMSNormPrologue, SwiGLUPrologue, check_rms_norm
+from sbitnet.ops.prologue import (Prologue, RMSNormPrologue, SwiGLUPrologue, check_rms_norm,
+                                  check_swiglu)
 from sbitnet.ops.quantizers import EPS
 
 # K rows per step of the Mosaic 2-bit kernel: four format tiles, so that a step's code bytes are
@@ -203,8 +204,8 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
   if not jnp.issubdtype(x.dtype, jnp.floating) or rows < m or k == 0:
     raise ValueError(f"quantize_rows takes float x [M, K] with K >= 1 and rows >= M, got "
                      f"{x.dtype} {tuple(x.shape)} and rows={rows}.")
-  if glu and k_in % 2:
-    raise ValueError(f"a SwiGLU prologue takes x [M, 2K] (gate, then up), got {tuple(x.shape)}.")
+  if glu:
+    check_swiglu(x.shape)
   if max_width < 1024 or max_width & (max_width - 1):
     raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
   inputs, norm_eps, residual = [x], None, False
