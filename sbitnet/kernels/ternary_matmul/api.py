@@ -233,10 +233,11 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
     implementation: "xla" (unpack + XLA dot; the oracle), "pallas" (the kernels; interpret mode
       off GPU), or None: XLA off GPU; on GPU the 2-bit kernel up to M = 64 (512 with
       `quantize_x` and no `int8_weight`; with one, 128 on Hopper where the Mosaic kernel serves
-      the shape: `config.two_bit_serves`) and the measured faster implementation above. Pallas with `quantize_x` above that M quantizes x in one kernel
-      (`quantize_rows`), unpacks the weight to int8 (or takes `int8_weight`) and runs an int8 GEMM
-      with fused scales (on Hopper from 512 rows the
-      Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend `int8_gemm`); otherwise
+      the shape: `config.two_bit_serves`) and the measured faster implementation above. Pallas
+      with `quantize_x` above that M quantizes x in one kernel (`quantize_rows`), unpacks the
+      weight to int8 (or takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper
+      from 512 rows the Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend
+      `int8_gemm`); otherwise
       a 2-bit kernel streams the packed codes: for int8 activations of one row
       (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), on Hopper for int8 activations where it
       measured faster (`config.mgpu_2bit_wins`) the Mosaic GPU kernel (`two_bit_mgpu`),

@@ -32,9 +32,10 @@ from jax.experimental.pallas import triton as pltriton
 from sbitnet.kernels.ternary_matmul.pack import PLANE_ROWS, TILE_K
 from sbitnet.kernels.ternary_matmul.pallas_triton import call
 from sbitnet.kernels.ternary_matmul.quantize_rows import (MAX_WIDTH, divide_as_xla, inverse_rms,
-                                                         load_row, normalize, quantization_scale,
-                                                         quantize, row_width)
-from sbitnet.ops.prologue import RMSNormPrologue, check_rms_norm
+                                                         load_row, norm_inputs, normalize,
+                                                         quantization_scale, quantize, row_width,
+                                                         split_norm_refs)
+from sbitnet.ops.prologue import RMSNormPrologue
 
 WORD_WEIGHTS = 16  # 2-bit codes per 32-bit word
 PLANE_WORDS = PLANE_ROWS // 4  # code words per format tile = int8 x words per plane of a tile
@@ -91,13 +92,6 @@ def _dp4a(planes: list[jax.Array], xs: list[jax.Array], acc: jax.Array, asm: boo
   return out
 
 
-def _step_planes(w_ref, s, block_w: int, asm: bool) -> list[jax.Array]:
-  """The four code planes of step s's `[block_n, block_w]` code words (zeros past the end: code
-  0 adds nothing to x @ c)."""
-  ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < w_ref.shape[1]
-  return _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0), asm)
-
-
 def _accumulate(w_ref, x_words_of, m: int, block_w: int, asm: bool) -> tuple[jax.Array, ...]:
   """Per row r < m, the int32 `[block_n, block_w]` dp4a partial sums of this program's code rows
   (w_ref `[block_n, words]`) with x, whose words of plane q at step s are `x_words_of(r, s)[q]`
@@ -105,7 +99,10 @@ def _accumulate(w_ref, x_words_of, m: int, block_w: int, asm: bool) -> tuple[jax
   bn, words = w_ref.shape
 
   def step(s, accs):
-    planes = _step_planes(w_ref, s, block_w, asm)
+    # Code words past the end load as zeros (code 0 adds nothing to x @ c).
+    ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (1, block_w), 1) < words
+    planes = _planes(pltriton.load(w_ref.at[:, pl.ds(s * block_w, block_w)], mask=ok, other=0),
+                     asm)
     return tuple(_dp4a(planes, [jnp.broadcast_to(x, (bn, block_w)) for x in x_words_of(r, s)],
                        acc, asm) for r, acc in enumerate(accs))
 
@@ -149,10 +146,7 @@ def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, r
   for bit as `quantize_rows` (natural order) does: the row's statistics (the norm's sum of
   squares, absmax, the sum of q) from the whole row in registers, then, per step, the values its
   code words meet, gathered in plane order, normalized, quantized and packed four to a word."""
-  x_ref, *refs = refs
-  res_ref = refs.pop(0) if residual else None
-  norm_ref = refs.pop(0) if norm_eps is not None else None
-  w_ref, cs_ref, o_ref = refs
+  x_ref, res_ref, norm_ref, (w_ref, cs_ref, o_ref) = split_norm_refs(refs, norm_eps, residual)
   m, k = x_ref.shape
   cols = jax.lax.broadcasted_iota(jnp.int32, (row_width(k),), 0)
   stats = []
@@ -249,12 +243,7 @@ def matmul_quantizing(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
   if x.shape[1] > MAX_WIDTH:
     raise ValueError(f"the quantizing dp4a GEMV holds a row of x in registers: K={x.shape[1]} "
                      f"must be <= {MAX_WIDTH}; use a GemvConfig with quantizes_x=False.")
-  inputs, norm_eps, residual = [x], None, False
-  if prologue is not None:
-    check_rms_norm(x.shape, prologue.scale, prologue.residual)
-    residual = prologue.residual is not None
-    inputs += [prologue.residual] * residual + [prologue.scale]
-    norm_eps = float(prologue.eps)
+  inputs, norm_eps, residual = norm_inputs(x, prologue)
   kernel = functools.partial(_kernel_quantizing, block_w=config.block_w,
                              asm=not interpret if asm is None else asm, norm_eps=norm_eps,
                              residual=residual)

@@ -112,6 +112,28 @@ def quantize(v: jax.Array, s: jax.Array, asm: bool) -> jax.Array:
   return jnp.clip(round_to_int(v * s, asm), -128, 127)
 
 
+def norm_inputs(x: jax.Array, prologue: Prologue | None
+                ) -> tuple[list[jax.Array], float | None, bool]:
+  """A kernel's inputs for x and an RMS-norm prologue (checked): `[x, residual (if any), scale]`,
+  the norm's eps (None without a norm) and whether a residual comes; `[x], None, False` for any
+  other prologue."""
+  if not isinstance(prologue, RMSNormPrologue):
+    return [x], None, False
+  check_rms_norm(x.shape, prologue.scale, prologue.residual)
+  residual = prologue.residual is not None
+  return ([x, *([prologue.residual] if residual else []), prologue.scale], float(prologue.eps),
+          residual)
+
+
+def split_norm_refs(refs, norm_eps: float | None, residual: bool):
+  """(x ref, residual ref or None, norm-scale ref or None, the remaining refs) of a kernel's refs
+  laid out as `norm_inputs` gave them, then the rest."""
+  x_ref, *refs = refs
+  res_ref = refs.pop(0) if residual else None
+  norm_ref = refs.pop(0) if norm_eps is not None else None
+  return x_ref, res_ref, norm_ref, refs
+
+
 def _source_columns(width: int, plane_order: bool) -> jax.Array:
   """int32 `[width]`: the K row that output column p holds."""
   p = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
@@ -128,10 +150,8 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
   `norm_eps`), then the outputs. Row values v (the linear's input), float32 as
   `sbitnet.ops.prologue` computes them: `x`; with `glu` `swiglu(x)` (Kin = 2K); with `norm_eps`
   `rms_norm(x, scale, eps, residual)`."""
-  x_ref, *refs = refs
-  res_ref = refs.pop(0) if residual else None
-  norm_ref = refs.pop(0) if norm_eps is not None else None
-  q_ref, scale_ref, offset_ref = refs
+  x_ref, res_ref, norm_ref, (q_ref, scale_ref, offset_ref) = split_norm_refs(refs, norm_eps,
+                                                                             residual)
   row = pl.program_id(0)
   (m, k_in), out_k = x_ref.shape, q_ref.shape[1]
   k = k_in // 2 if glu else k_in
@@ -208,12 +228,7 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
     check_swiglu(x.shape)
   if max_width < 1024 or max_width & (max_width - 1):
     raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
-  inputs, norm_eps, residual = [x], None, False
-  if isinstance(prologue, RMSNormPrologue):
-    check_rms_norm(x.shape, prologue.scale, prologue.residual)
-    residual = prologue.residual is not None
-    inputs = [x, *([prologue.residual] if residual else []), prologue.scale]
-    norm_eps = float(prologue.eps)
+  inputs, norm_eps, residual = norm_inputs(x, prologue)
   width = row_width(out_k, max_width)
   kernel = functools.partial(_kernel, width=width, plane_order=plane_order,
                              asm=not interpret if asm is None else asm, norm_eps=norm_eps,
