@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbitnet.nn import DecoderBlock, KVCache, RMSNorm, SparseBitLinear, rope_tables
+from sbitnet.nn import DecoderBlock, KVCache, RMSNorm, SparseBitLinear
+from sbitnet.ops import rope_tables
 from sbitnet.sharding import constrain
 
 if TYPE_CHECKING:

@@ -6,7 +6,5 @@ from sbitnet.nn.kv_cache import KVCache
 from sbitnet.nn.linear import SparseBitLinear
 from sbitnet.nn.mlp import SwiGLU
 from sbitnet.nn.norm import RMSNorm
-from sbitnet.nn.rope import apply_rope, rope_tables
 
-__all__ = ["Attention", "DecoderBlock", "KVCache", "RMSNorm", "SparseBitLinear", "SwiGLU",
-           "apply_rope", "rope_tables"]
+__all__ = ["Attention", "DecoderBlock", "KVCache", "RMSNorm", "SparseBitLinear", "SwiGLU"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 from flax import nnx
 
+from sbitnet.kernels.decode_attention.api import decode_attention
+from sbitnet.kernels.decode_attention.reference import split_heads
 from sbitnet.nn.kv_cache import KVCache
 from sbitnet.nn.linear import SparseBitLinear
-from sbitnet.nn.rope import apply_rope
-from sbitnet.ops import Prologue
+from sbitnet.ops import Prologue, apply_rope
 
 
 class Attention(nnx.Module):
@@ -21,14 +23,17 @@ class Attention(nnx.Module):
 
   def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                linear: Callable[..., SparseBitLinear], qkv_bias: bool,
-               implementation: str | None = None, rngs: nnx.Rngs):
+               implementation: str | None = None, decode_implementation: str | None = None,
+               rngs: nnx.Rngs):
     """`implementation` is passed to `jax.nn.dot_product_attention` ("cudnn" for the fused
-    flash-attention kernel on GPU, "xla", or None to let JAX choose), for prefill and for decode
-    steps against the cache alike."""
+    flash-attention kernel on GPU, "xla", or None to let JAX choose) for whole sequences and
+    prefill; `decode_implementation` to `sbitnet.kernels.decode_attention` for decode steps
+    against the cache ("pallas": RoPE, the cache write and attention in one kernel; "cudnn";
+    "xla"; None: Pallas on GPU where it applies)."""
     if n_heads % n_kv_heads:
       raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}.")
     self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-    self.implementation = implementation
+    self.implementation, self.decode_implementation = implementation, decode_implementation
     q, kv = n_heads * head_dim, n_kv_heads * head_dim
     self.qkv = linear(d_model, q + 2 * kv, split=(q, kv, kv), use_bias=qkv_bias,
                       kernel_axes=("embed", "heads"), rngs=rngs)
@@ -52,25 +57,21 @@ class Attention(nnx.Module):
     the cache must be empty (lengths 0) and the tokens attend causally among themselves, as in
     `__call__`. Returns (`[B, T, d_model]`, the updated cache).
     """
-    queries, keys, values = self._project(x, cos, sin, prologue)
-    cache = cache.write(keys, values)
     if x.shape[1] == 1:
-      out = jax.nn.dot_product_attention(queries, cache.keys, cache.values,
-                                         key_value_seq_lengths=cache.lengths + 1,
-                                         implementation=self.implementation)
-    else:
-      out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
-                                         implementation=self.implementation)
-    return self.o(out.reshape(*x.shape[:2], -1)), cache
+      qkv = self.qkv(x, prologue)[:, 0]
+      out, keys, values = decode_attention(
+          qkv, cache.keys, cache.values, cache.lengths, cos[:, 0], sin[:, 0],
+          n_heads=self.n_heads, implementation=self.decode_implementation)
+      return self.o(out[:, None]), dataclasses.replace(cache, keys=keys, values=values)
+    queries, keys, values = self._project(x, cos, sin, prologue)
+    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True,
+                                       implementation=self.implementation)
+    return self.o(out.reshape(*x.shape[:2], -1)), cache.write(keys, values)
 
   def _project(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                prologue: Prologue | None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Queries `[B, T, n_heads, head_dim]` and keys, values `[B, T, n_kv_heads, head_dim]`, with
     RoPE applied to queries and keys."""
-    b, t, _ = x.shape
-    q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-    qkv = self.qkv(x, prologue)
-    queries = qkv[..., :q].reshape(b, t, self.n_heads, self.head_dim)
-    keys = qkv[..., q:q + kv].reshape(b, t, self.n_kv_heads, self.head_dim)
-    values = qkv[..., q + kv:].reshape(b, t, self.n_kv_heads, self.head_dim)
+    queries, keys, values = split_heads(self.qkv(x, prologue), self.n_heads, self.n_kv_heads,
+                                        self.head_dim)
     return apply_rope(queries, cos, sin), apply_rope(keys, cos, sin), values

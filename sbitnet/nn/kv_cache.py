@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from sbitnet.ops.kv_update import write_rows
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +42,5 @@ class KVCache:
     """One layer's cache with `keys`/`values` `[B, T, kv_heads, head_dim]` stored at slots
     `lengths[b] .. lengths[b] + T - 1` of each row (lengths unchanged; the caller must leave room:
     a write past the last slot is clamped by `dynamic_update_slice`)."""
-    if self.lengths.shape[0] == 1:
-      # One row: a plain in-place update. The vmapped one is a scatter, which XLA turns back into
-      # an update for one row, but as three kernels (a read of the old slots, a select, the write).
-      def put(buf, new, lengths):
-        return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), lengths[0], axis=1)
-    else:
-      put = jax.vmap(lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(
-          buf, new.astype(buf.dtype), start, axis=0))
-    return dataclasses.replace(self, keys=put(self.keys, keys, self.lengths),
-                               values=put(self.values, values, self.lengths))
+    return dataclasses.replace(self, keys=write_rows(self.keys, keys, self.lengths),
+                               values=write_rows(self.values, values, self.lengths))

@@ -6,9 +6,11 @@ dtype of its input.
 
 from sbitnet.ops.nm_mask import nm_mask
 from sbitnet.ops.prologue import Prologue, RMSNormPrologue, SwiGLUPrologue, rms_norm, swiglu
+from sbitnet.ops.kv_update import write_rows
 from sbitnet.ops.quantizers import (absmax_int8, absmax_multiplier, absmean_scale,
                                     absmean_ternary, fake_ternary, quantize_activations,
                                     scale_per_column, ternary_codes)
+from sbitnet.ops.rope import apply_rope, rope_tables
 from sbitnet.ops.sparse_ternary import (WeightSpec, apply_weight_spec, bitlinear,
                                         sparse_ternary_dot_general, sparse_ternary_weight,
                                         spec_dot_general)
@@ -16,8 +18,9 @@ from sbitnet.ops.stats import mask_flip_rate, ternary_histogram, weight_stats, z
 
 __all__ = [
     "Prologue", "RMSNormPrologue", "SwiGLUPrologue", "WeightSpec", "absmax_int8",
-    "absmax_multiplier", "absmean_scale", "absmean_ternary", "apply_weight_spec", "bitlinear",
-    "fake_ternary", "mask_flip_rate", "nm_mask", "quantize_activations", "rms_norm",
-    "scale_per_column", "sparse_ternary_dot_general", "sparse_ternary_weight", "spec_dot_general",
-    "swiglu", "ternary_codes", "ternary_histogram", "weight_stats", "zero_fraction",
+    "absmax_multiplier", "absmean_scale", "absmean_ternary", "apply_rope", "apply_weight_spec",
+    "bitlinear", "fake_ternary", "mask_flip_rate", "nm_mask", "quantize_activations", "rms_norm",
+    "rope_tables", "scale_per_column", "sparse_ternary_dot_general", "sparse_ternary_weight",
+    "spec_dot_general", "swiglu", "ternary_codes", "ternary_histogram", "weight_stats",
+    "write_rows", "zero_fraction",
 ]
