@@ -11,8 +11,8 @@ swept one) against implementation="xla": outputs within bf16 rounding, the cache
 Times: the op runs `reps` times inside one jitted fori_loop that carries the cache (updated in
 place, as a decode step does; an optimization barrier per call keeps XLA from hoisting the
 queries' RoPE), each output summed into the carry; median of 5 loops / reps. --profile also traces
-20 calls of each implementation alone and reports GPU busy time and kernels per call. Writes JSON
-under --out (default $OUT).
+20 calls of each implementation alone and reports GPU busy time and kernels per call. Appends every
+row to --out/decode_attention.jsonl (default $OUT) as it is measured.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import time
 import jax
 import jax.numpy as jnp
 import jaxlib
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,7 +39,7 @@ from sbitnet.kernels.decode_attention.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import rope_tables  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 2, 128
-SWEEP = [Config(block_s=bs, splits=sp) for bs in (32, 64, 128) for sp in (1, 2, 4, 8, 16, 32)]
+SWEEP = [Config(block_s=bs, splits=sp) for bs in (64, 128) for sp in (1, 2, 4, 8, 16, 32, 64)]
 
 
 def inputs(batch: int, length: int):
@@ -117,6 +116,9 @@ def main() -> None:
   meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
           "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "heads": [HEADS, KV_HEADS, HEAD_DIM]}
+  log = os.path.join(args.out, "decode_attention.jsonl")
+  with open(log, "w") as f:
+    f.write(json.dumps(meta) + "\n")
   print(json.dumps(meta))
   rows = []
   for batch in map(int, args.batches.split(",")):
@@ -143,6 +145,8 @@ def main() -> None:
           row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
+        with open(log, "a") as f:
+          f.write(json.dumps(row) + "\n")
       case = [r for r in rows if r["batch"] == batch and r["length"] == length and "us" in r]
       best = min((r for r in case if r["impl"] == "pallas" and r["check"]["ok"]),
                  key=lambda r: r["us"], default=None)
@@ -151,8 +155,6 @@ def main() -> None:
       if best:
         summary[f"best pallas {best['config']}"] = round(best["us"], 2)
       print(f"B={batch} length={length} (us): {summary}", flush=True)
-  with open(os.path.join(args.out, "decode_attention.json"), "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
 
 def choose_config(batch: int, n_kv_heads: int, slots: int) -> pallas_triton.Config:
-  """Parts of the cache per (row, kv head): enough programs to fill the GPU's ~132 SMs at small
-  batches, each part at least 4 steps of the longest cache."""
-  block_s = pallas_triton.Config.block_s
-  splits = min(max(1, 128 // (batch * n_kv_heads)), max(1, -(-slots // (4 * block_s))))
-  return pallas_triton.Config(block_s=block_s, splits=splits)
+  """Steps of 128 slots; parts of the cache per (row, kv head) up to 256 programs in all, each
+  part at least one step of the longest cache, at most 64 parts (H200 sweep, docs/kernels.md:
+  4 parts at 512 slots and 32 at 4096 for one sequence, 8 at 4096 and 32768 for 16, 1 for 128)."""
+  block_s = 128
+  splits = min(256 // (batch * n_kv_heads), -(-slots // block_s), 64)
+  return pallas_triton.Config(block_s=block_s, splits=max(1, splits))
 
 
 def _check(qkv: jax.Array, keys: jax.Array, values: jax.Array, lengths: jax.Array,
