@@ -441,6 +441,9 @@ def gemv_candidates(n, k, norm):
     cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
               G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
     cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
+    # Long steps: more code bytes in flight per program (few rows, many programs).
+    cands += [G(bn, bw, num_warps=w) for bn in (1, 2, 4) for bw in (256, 512, 1024)
+              for w in (4, 8)]
   cands += [G(bn, bw) for bn, bw in ((1, 64), (1, 128), (2, 128))]
   if k <= 8192:
     cands += [G(bn, bw, quantizes_x=True) for bn in (1, 2, 4, 8, 16, 32) for bw in (64, 128)]

@@ -191,6 +191,7 @@ def test_kept_int8_weight_is_used_and_gives_the_same_product():
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("config", [None, GemvConfig(block_n=16, block_w=16),
                                     GemvConfig(block_n=1, block_w=128),
+                                    GemvConfig(block_n=4, block_w=1024, num_warps=8),
                                     GemvConfig(block_n=32, block_w=64, num_warps=8),
                                     GemvConfig(block_n=16, block_w=16, quantizes_x=True),
                                     GemvConfig(block_n=4, block_w=128, quantizes_x=True)], ids=str)
@@ -288,11 +289,12 @@ def test_gemv_configs_tile_the_model_shapes(k, n):
 
 def test_dispatcher_takes_the_gemv_where_it_measured_faster():
   """One int8 row (8192x28672: 32 rows per program, as measured; narrow layers 128-word steps,
-  one row per program at long K); the MMA kernel from 2 rows."""
+  four rows in 1024-word steps at long K); the MMA kernel from 2 rows."""
   assert config_lib.gemv_wins(1) and not config_lib.gemv_wins(2)
   assert config_lib.choose_gemv(1, 28672, 8192) == GemvConfig(block_n=32, block_w=64)
   assert config_lib.choose_gemv(2, 28672, 8192).block_n == 16
-  assert config_lib.choose_gemv(1, 2048, 11008) == GemvConfig(block_n=1, block_w=128)
+  assert config_lib.choose_gemv(1, 2048, 11008) == GemvConfig(block_n=4, block_w=1024,
+                                                              num_warps=8)
   assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=16, block_w=128,
                                                              quantizes_x=True)
   assert not config_lib.choose_gemv(1, 22016, 2048).quantizes_x

@@ -110,9 +110,10 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
   per step (one per thread of the 4 warps). Narrow layers (n <= GEMV_NARROW_N): 128-word steps;
   up to k = GEMV_QUANTIZING_MAX_K the kernel that quantizes x itself with 16 code rows per
   program (2048→2048 4.0 vs 4.6 us, with the pre-norm 5.1 vs 5.3; 2048→2560 with the pre-norm
-  5.5 vs 5.5), one code row per program when k >= GEMV_LONG_K (11008→2048: 9.3 vs 11.1 us with
-  two rows and 64-word steps), else four. Code rows per program are powers of two. The
-  dispatcher sends it one row only; more rows are for explicit configs."""
+  5.5 vs 5.5), four code rows per program in 1024-word steps with 8 warps when k >= GEMV_LONG_K
+  (11008→2048: 8.3 vs 9.3 us with one row in 128-word steps, 11.1 with two in 64: more code
+  bytes in flight per program), else four in 128-word steps. Code rows per program are powers of
+  two. The dispatcher sends it one row only; more rows are for explicit configs."""
   def rows_at_most(limit: int) -> int:  # a power of two, with GEMV_MAX_ROWS accumulators at most
     return 1 << (max(1, min(limit, GEMV_MAX_ROWS // m)).bit_length() - 1)
 
@@ -120,8 +121,9 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
     return GemvConfig(block_n=rows_at_most(GEMV_QUANTIZING_ROWS), block_w=128, num_warps=4,
                       quantizes_x=True)
   if n <= GEMV_NARROW_N:
-    return GemvConfig(block_n=1 if k >= GEMV_LONG_K else rows_at_most(4), block_w=128,
-                      num_warps=4)
+    if k >= GEMV_LONG_K:
+      return GemvConfig(block_n=rows_at_most(4), block_w=1024, num_warps=8)
+    return GemvConfig(block_n=rows_at_most(4), block_w=128, num_warps=4)
   block_n = rows_at_most(GEMV_MAX_ROWS)
   while block_n > 1 and n // block_n < GEMV_MIN_PROGRAMS:
     block_n //= 2
