@@ -11,7 +11,7 @@ from flax import nnx
 
 from sbitnet.kernels import decode_attention
 from sbitnet.kernels.decode_attention import pallas_triton
-from sbitnet.kernels.decode_attention.api import choose_config
+from sbitnet.kernels.decode_attention.api import choose_config, pallas_fits
 from sbitnet.nn import KVCache, SparseBitLinear
 from sbitnet.nn.attention import Attention
 from sbitnet.ops import rope_tables
@@ -112,3 +112,5 @@ def test_dispatch_and_errors():
   f32 = [a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a for a in args]
   with pytest.raises(ValueError, match="a bfloat16 or float16 cache .* got qkv float32"):
     decode_attention(*f32, n_heads=4, implementation="pallas")
+  huge = jax.ShapeDtypeStruct((2, 2**22, 2, 256), jnp.bfloat16)  # 2^32 elements, never allocated
+  assert not pallas_fits(args[0], huge) and pallas_fits(args[0], args[1])

@@ -45,10 +45,10 @@ def _check(qkv: jax.Array, keys: jax.Array, values: jax.Array, lengths: jax.Arra
 
 def pallas_fits(qkv: jax.Array, keys: jax.Array) -> bool:
   """Whether the Pallas kernel takes these inputs: a 16-bit cache and qkv of its dtype, head_dim a
-  power of two >= 16 (its tiles)."""
+  power of two >= 16 (its tiles), and fewer than 2^31 cache elements (its int32 offsets)."""
   head_dim = keys.shape[-1]
   return (keys.dtype in (jnp.bfloat16, jnp.float16) and qkv.dtype == keys.dtype
-          and head_dim >= 16 and not head_dim & (head_dim - 1))
+          and head_dim >= 16 and not head_dim & (head_dim - 1) and keys.size < 2**31)
 
 
 def decode_attention(qkv: jax.Array, keys: jax.Array, values: jax.Array, lengths: jax.Array,
@@ -90,8 +90,9 @@ def decode_attention(qkv: jax.Array, keys: jax.Array, values: jax.Array, lengths
                                       attention=implementation)
   if not pallas_fits(qkv, keys):
     raise ValueError(f"the Pallas decode attention takes a bfloat16 or float16 cache with qkv of "
-                     f"its dtype and head_dim a power of two >= 16, got qkv {qkv.dtype}, cache "
-                     f"{keys.dtype} {tuple(keys.shape)}; use implementation='xla'.")
+                     f"its dtype, head_dim a power of two >= 16 and fewer than 2^31 elements, got "
+                     f"qkv {qkv.dtype}, cache {keys.dtype} {tuple(keys.shape)}; use "
+                     "implementation='xla' or 'cudnn'.")
   config = config or choose_config(batch, keys.shape[2], keys.shape[1])
   return pallas_triton.decode_attention(qkv, keys, values, lengths, cos, sin, n_heads=n_heads,
                                         config=config, interpret=not gpu)
