@@ -29,13 +29,17 @@ def _inputs(batch, slots, heads, kv_heads, head_dim, lengths, dtype=jnp.bfloat16
           cos, sin)
 
 
-@pytest.mark.parametrize("heads,kv_heads,head_dim,slots,lengths", [
+_SHAPES = [
     (4, 2, 64, 37, [0, 11, 36]),        # a group of 2; the last row fills the cache
     (16, 2, 128, 70, [69, 1]),          # the Qwen-3B group of 8
     (3, 3, 32, 50, [50, 17]),           # one query per kv head; a full cache (write clamped)
     (6, 2, 16, 33, [5]),                # a group of 3 (repeated to 16 rows); one sequence
-])
-@pytest.mark.parametrize("block_s,splits", [(16, 1), (32, 3), (16, 8)])
+]
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim,slots,lengths,block_s,splits", [
+    (*shape, *tiles) for shape, many in zip(_SHAPES, [(32, 3), (16, 8), (16, 8), (32, 3)])
+    for tiles in [(16, 1), many]])
 def test_pallas_equals_xla(heads, kv_heads, head_dim, slots, lengths, block_s, splits):
   args = _inputs(len(lengths), slots, heads, kv_heads, head_dim, lengths)
   want = decode_attention(*args, n_heads=heads, implementation="xla")
