@@ -12,10 +12,11 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
 
 def choose_config(batch: int, n_kv_heads: int, slots: int) -> pallas_triton.Config:
-  """Steps of 128 slots; parts of the cache per (row, kv head) up to 256 programs in all, each
-  part at least one step of the longest cache, at most 64 parts (H200 sweep, docs/kernels.md:
-  4 parts at 512 slots and 32 at 4096 for one sequence, 8 at 4096 and 32768 for 16, 1 for 128)."""
-  block_s = 128
+  """Steps of 128 slots (the default); parts of the cache per (row, kv head) up to 256 programs
+  in all, each part at least one step of the longest cache, at most 64 parts (H200 sweep,
+  docs/kernels.md: 4 parts at 512 slots and 32 at 4096 for one sequence, 8 at 4096 and 32768
+  for 16, 1 for 128)."""
+  block_s = pallas_triton.Config.block_s
   splits = min(256 // (batch * n_kv_heads), -(-slots // block_s), 64)
   return pallas_triton.Config(block_s=block_s, splits=max(1, splits))
 

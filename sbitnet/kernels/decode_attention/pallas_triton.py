@@ -1,10 +1,10 @@
 """Pallas (Triton backend) decode attention: RoPE, the KV-cache write and attention of one new token
 per sequence in one kernel.
 
-Program (b, g, s) takes row b's kv head g and the s-th of `splits` equal parts of its cached slots
-`0 .. n - 1` (n = lengths[b], chunk rounded up to `block_s`). It loads the `R = n_heads / n_kv_heads`
-queries of the group from the fused q/k/v projection row (repeated to `P >= 16` rows, the MMA's
-smallest M), applies RoPE in float32 and rounds to the cache dtype as
+Program (b, g, s) takes row b's kv head g and the s-th of `splits` equal parts of its cached
+slots `0 .. n - 1` (n = lengths[b], parts rounded up to `block_s`). It loads the
+`R = n_heads / n_kv_heads` queries of the group from the fused q/k/v projection row (repeated to
+`P >= 16` rows, the MMA's smallest M), applies RoPE in float32 and rounds to the cache dtype as
 `apply_rope` does, then streams its slots in steps of `block_s` with the online softmax
 
   m' = max(m, max_j s_j),  l' = l e^(m - m') + sum_j e^(s_j - m'),
@@ -15,6 +15,10 @@ attention does). The last part also scores the new token from registers and stor
 key and its value in slot n (in place: the cache buffers are aliased to the outputs), so no program
 reads a slot another writes. One part writes the normalized output; several write (acc, m, l) per
 part, which `combine` merges in XLA.
+
+Triton rather than Mosaic GPU: the kernel is a few microseconds of gathers (a group's queries,
+one kv head's strided cache rows) and 16-row dots, where wgmma wants 64-row tiles and TMA-shaped
+blocks; interpret mode runs the same code on the CPU.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ MIN_ROWS = 16  # the smallest M of a tensor-core dot
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Cache slots per step, parts of the cache per (row, kv head), warps and pipeline stages."""
-  block_s: int = 64
+  block_s: int = 128
   splits: int = 1
   num_warps: int = 4
   num_stages: int = 2
@@ -164,7 +168,8 @@ def decode_attention(qkv: jax.Array, keys: jax.Array, values: jax.Array, lengths
                jax.ShapeDtypeStruct((parts,), jnp.float32),
                jax.ShapeDtypeStruct((parts,), jnp.float32)]
   whole = pl.BlockSpec(memory_space=pl.ANY)
-  kernel = functools.partial(_kernel, n_heads=n_heads, n_kv_heads=n_kv_heads, block_s=config.block_s, splits=splits)
+  kernel = functools.partial(_kernel, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                             block_s=config.block_s, splits=splits)
   new_keys, new_values, *out = pl.pallas_call(
       kernel,
       out_shape=[jax.ShapeDtypeStruct(flat, keys.dtype)] * 2 + results,
