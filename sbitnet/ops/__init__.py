@@ -4,9 +4,9 @@ Every function works under jit, grad, vmap, lax.scan, jax.checkpoint and shard_m
 dtype of its input.
 """
 
+from sbitnet.ops.kv_update import write_rows
 from sbitnet.ops.nm_mask import nm_mask
 from sbitnet.ops.prologue import Prologue, RMSNormPrologue, SwiGLUPrologue, rms_norm, swiglu
-from sbitnet.ops.kv_update import write_rows
 from sbitnet.ops.quantizers import (absmax_int8, absmax_multiplier, absmean_scale,
                                     absmean_ternary, fake_ternary, quantize_activations,
                                     scale_per_column, ternary_codes)
