@@ -3,17 +3,19 @@ against the oracle's ops with cuDNN's and XLA's attention, at Qwen-3B heads (16 
 head_dim 128).
 
   python benchmarks/decode_attention.py [--batches 1,16,128] [--lengths 512,4096,32768]
-      [--max_elements 2e9] [--sweep] [--profile] [--out DIR]
+      [--max_elements 2e9] [--sweep] [--sweep_block_s 64,128] [--sweep_splits 1,2,4,8,16,32,64]
+      [--sweep_warps 4] [--sweep_stages 2] [--profile] [--out DIR]
 
 Each (batch, length) case: a cache of length + 16 slots holding `length` tokens per row (random,
-never zero), one new token per row. Checks first: the kernel (the dispatcher's config, and every
-swept one) against implementation="xla": outputs within bf16 rounding, the cache bit for bit.
+never zero), one new token per row; "read" is the bandwidth baseline, XLA summing the whole cache
+(keys and values), and every row reports the cache's bytes per second of its time. Checks first:
+the kernel (the dispatcher's config, and every swept one) against implementation="xla": outputs
+within bf16 rounding, the cache bit for bit.
 Times: the op runs `reps` times inside one jitted fori_loop that carries the cache (updated in
 place, as a decode step does; an optimization barrier per call keeps XLA from hoisting the
 queries' RoPE), each output summed into the carry; median of 5 loops / reps. --profile also traces
 20 calls of each implementation alone (the cache donated) and reports GPU busy time and kernels
-per call. Appends every
-row to --out/decode_attention.jsonl (default $OUT) as it is measured.
+per call. Appends every row to --out/decode_attention.jsonl (default $OUT) as it is measured.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from sbitnet.kernels.decode_attention.pallas_triton import Config  # noqa: E402
 from sbitnet.ops import rope_tables  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 2, 128
-SWEEP = [Config(block_s=bs, splits=sp) for bs in (64, 128) for sp in (1, 2, 4, 8, 16, 32, 64)]
 
 
 def inputs(batch: int, length: int):
@@ -57,7 +58,16 @@ def inputs(batch: int, length: int):
           normal(keys[2], shape), lengths, cos, sin)
 
 
+def read_cache(qkv, keys, values, lengths, cos, sin):
+  """The bandwidth baseline: XLA reading the whole cache once (a sum of keys and values)."""
+  del lengths, cos, sin
+  total = jnp.sum(keys, dtype=jnp.float32) + jnp.sum(values, dtype=jnp.float32)
+  return jnp.broadcast_to(total, qkv.shape), keys, values
+
+
 def op(implementation: str, config: Config | None):
+  if implementation == "read":
+    return read_cache
   return functools.partial(decode_attention, n_heads=HEADS, implementation=implementation,
                            config=config)
 
@@ -117,7 +127,11 @@ def main() -> None:
   parser.add_argument("--lengths", default="512,4096,32768")
   parser.add_argument("--max_elements", type=float, default=2e9,
                       help="skip cases whose cache holds more bf16 elements than this")
-  parser.add_argument("--sweep", action="store_true", help="also time the configs in SWEEP")
+  parser.add_argument("--sweep", action="store_true",
+                      help="also time every config of the --sweep_* lists")
+  for name, default in (("block_s", "64,128"), ("splits", "1,2,4,8,16,32,64"), ("warps", "4"),
+                        ("stages", "2")):
+    parser.add_argument(f"--sweep_{name}", default=default)
   parser.add_argument("--profile", action="store_true")
   parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/sbitnet_decode_attention"))
   args = parser.parse_args()
@@ -129,6 +143,10 @@ def main() -> None:
   with open(log, "w") as f:
     f.write(json.dumps(meta) + "\n")
   print(json.dumps(meta))
+  ints = lambda text: [int(v) for v in text.split(",")]
+  sweep = [Config(block_s=bs, splits=sp, num_warps=w, num_stages=st)
+           for bs in ints(args.sweep_block_s) for sp in ints(args.sweep_splits)
+           for w in ints(args.sweep_warps) for st in ints(args.sweep_stages)]
   rows = []
   for batch in map(int, args.batches.split(",")):
     for length in map(int, args.lengths.split(",")):
@@ -136,20 +154,25 @@ def main() -> None:
         continue
       data = inputs(batch, length)
       chosen = choose_config(batch, KV_HEADS, length + 16)
-      cases = [("xla", None), ("cudnn", None), ("pallas", chosen)]
+      cases = [("read", None), ("xla", None), ("cudnn", None), ("pallas", chosen)]
+      cache_bytes = 2 * data[1].nbytes
       if args.sweep:
-        cases += [("pallas", c) for c in SWEEP if c != chosen and c.splits <= max(1, length // 32)]
+        cases += [("pallas", c) for c in sweep if c != chosen and c.splits <= max(1, length // 32)]
       for implementation, config in cases:
         fn = op(implementation, config)
         row = {"batch": batch, "length": length, "impl": implementation,
                "config": None if config is None else vars(config),
-               "dispatcher": implementation == "pallas" and config == chosen}
+               "dispatcher": implementation == "pallas" and config == chosen,
+               "cache_bytes": cache_bytes}
         try:
-          if implementation != "xla":
+          if implementation not in ("xla", "read"):
             row["check"] = check(fn, data)
           row["us"] = timed(fn, data) * 1e6
+          row["cache_tb_s"] = cache_bytes / row["us"] / 1e6
           if args.profile and (implementation != "pallas" or row["dispatcher"]):
             row["profile"] = profile(fn, data)
+            row["busy_cache_tb_s"] = (cache_bytes / row["profile"]["gpu0_busy_ms_per_call"]
+                                      / 1e9)
         except Exception as e:  # a config the kernel cannot compile is reported, not fatal
           row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(row)

@@ -432,15 +432,18 @@ def _record(rows, res, name, k, n, m, p):
   return base, nbytes, sorted((v, i) for i, v in res.items() if i != "xla_bf16")
 
 
-def gemv_candidates(n, k, norm):
+def gemv_candidates(n, k, prologue):
   """dp4a GEMV tile configs to time (the dispatcher's is added by the caller): on x quantized
-  ahead (not with `norm`, a short list there) and, on rows of up to 8192, quantized by the GEMV."""
+  ahead (not with a prologue, a short list there) and, on rows of up to 8192 (or 16384 with
+  SwiGLU ahead), quantized by the GEMV."""
   G = gemv_dp4a.GemvConfig
-  cands = [] if norm else [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
-  if not norm:
+  cands = []
+  if prologue == "none":
+    cands += [G(bn, bw) for bn in (4, 8, 16, 32) for bw in (16, 32, 64, 128)]
     cands += [G(16, 64, num_warps=2), G(16, 64, num_warps=8), G(8, 32, num_warps=2),
               G(32, 32, num_warps=8), G(16, 64, num_stages=3)]
     cands += [G(bn, bw, num_warps=8) for bn, bw in ((32, 64), (32, 128), (64, 32), (64, 64))]
+  if prologue != "norm":
     # Long steps: more code bytes in flight per program (few rows, many programs).
     cands += [G(bn, bw, num_warps=w) for bn in (1, 2, 4) for bw in (256, 512, 1024)
               for w in (4, 8)]
@@ -448,39 +451,51 @@ def gemv_candidates(n, k, norm):
   if k <= 8192:
     cands += [G(bn, bw, quantizes_x=True) for bn in (1, 2, 4, 8, 16, 32) for bw in (64, 128)]
     cands += [G(bn, 128, num_warps=8, quantizes_x=True) for bn in (4, 16)]
+  if prologue == "swiglu":
+    cands += [G(bn, bw, num_warps=w, quantizes_x=True) for bn in (1, 2, 4, 8, 16)
+              for bw in (128, 256, 512, 1024) for w in (4, 8, 16)]
   return [c for c in cands if not n % c.block_n]
 
 
-def bench_gemv(shapes, ms, log, norm=False):
-  """Whole op with int8 activations of `ms` rows (with `norm`: after the pre-norm with its
-  residual, as the model's q/k/v and gate/up projections take them): the dp4a GEMV over tile
-  configs, on x quantized ahead by `quantize_rows` or by the GEMV itself (`quantizes_x`; the
-  dispatcher sends it one row), and the 2-bit MMA kernel at its config, each checked against XLA
-  first; XLA bf16 beside (without the norm)."""
+def _gemv_prologue(name: str, k: int, m: int):
+  """The prologue of a GEMV case and its x's width: the pre-norm with its residual, as the
+  model's q/k/v and gate/up projections take it, or SwiGLU, as the down projection does."""
+  if name == "norm":
+    return RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(5), (k,), jnp.float32),
+                           1e-6, _nonzero_normal(jax.random.key(6), (m, k), jnp.bfloat16)), k
+  return (SwiGLUPrologue(), 2 * k) if name == "swiglu" else (None, k)
+
+
+def bench_gemv(shapes, ms, log, prologue="none"):
+  """Whole op with int8 activations of `ms` rows (after a `prologue`: "norm", "swiglu" or
+  "none", `_gemv_prologue`): the dp4a GEMV over tile configs, on x quantized ahead by
+  `quantize_rows` or by the GEMV itself (`quantizes_x`; the dispatcher sends it one row), the
+  2-bit MMA kernel at its config and the dispatcher (config=None, which may apply the prologue
+  in XLA first), each checked against XLA first; XLA bf16 beside (without the prologue)."""
   rows = []
   for name in shapes:
     for m in ms:
       k, n, ps, x, ref, est, res = _int8_case(name, m)
-      pro = None
-      if norm:
-        pro = RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(5), (k,), jnp.float32),
-                              1e-6, _nonzero_normal(jax.random.key(6), (m, k), jnp.bfloat16))
+      pro, width = _gemv_prologue(prologue, k, m)
+      if pro is not None:
+        x = _nonzero_normal(jax.random.key(7), (m, width), jnp.bfloat16)
         ref = np.asarray(jax.jit(lambda x, pro: ternary_matmul(
             x, ps[0], quantize_x=True, implementation="xla", prologue=pro))(x, pro), np.float32)
       chosen = config_lib.choose_gemv(m, n, k)
       mma = config_lib.choose(m, n, padded_rows(k), int8=True)
       flipped = dataclasses.replace(chosen, quantizes_x=not chosen.quantizes_x)
-      for c in [mma, chosen, flipped] + [c for c in gemv_candidates(n, k, norm)
-                                         if c not in (chosen, flipped)]:
+      for c in [None, mma, chosen, flipped] + [c for c in gemv_candidates(n, k, prologue)
+                                               if c not in (chosen, flipped)]:
         def f(x, p, pro, c=c):
           return ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=c,
                                 prologue=pro)
-        label = f"mma {_short(c)}" if isinstance(c, Config) else _short(c)
+        label = ("dispatcher" if c is None else
+                 f"mma {_short(c)}" if isinstance(c, Config) else _short(c))
         sec = checked_timing(f, (x, ps[0], pro), ref, [(x, q, pro) for q in ps], est,
                              f"gemv {name} m={m} {label}", log)
         if sec is not None:
           res[label + (" (default)" if c == chosen else "")] = sec
-      if not norm:
+      if pro is None:
         xq, scale, total = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
         alone = dataclasses.replace(chosen, quantizes_x=False)
         res["gemv kernel alone (default tiles)"] = timed(
@@ -490,12 +505,12 @@ def bench_gemv(shapes, ms, log, norm=False):
             [(xq, scale, total, q) for q in ps], est)
       base, nbytes, ranked = _record(rows, res, name, k, n, m, ps[0])
       for row in rows[-len(res):]:
-        row["prologue"] = "rms_norm+residual" if norm else None
-      log(f"  gemv {name:8s} m={m:3d}{' norm+residual' if norm else ''} bf16={base * 1e6:7.1f}us"
+        row["prologue"] = {"norm": "rms_norm+residual", "swiglu": "swiglu"}.get(prologue)
+      log(f"  gemv {name:8s} m={m:3d} prologue={prologue} bf16={base * 1e6:7.1f}us"
           + "".join(f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x, {nbytes / v / 1e12:.2f} TB/s)"
                     for v, i in ranked[:5]) + "".join(
           f"\n      {i}: {v * 1e6:7.1f}us ({base / v:.2f}x)" for v, i in ranked[5:]
-          if "default" in i or i.startswith("mma") or i == _short(flipped)))
+          if "default" in i or i.startswith(("mma", "dispatcher")) or i == _short(flipped)))
   return rows
 
 
@@ -771,8 +786,8 @@ def main():
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
   ap.add_argument("--tag", default="", help="output file suffix (default: the part)")
-  ap.add_argument("--gemv-norm", action="store_true",
-                  help="gemv: every call after the pre-norm with its residual (a prologue)")
+  ap.add_argument("--gemv-prologue", default="none", choices=("none", "norm", "swiglu"),
+                  help="gemv: every call after the pre-norm with its residual, or SwiGLU")
   ap.add_argument("--profile", action="store_true",
                   help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels")
   args = ap.parse_args()
@@ -805,7 +820,7 @@ def main():
                        for r in bench_sweep(sweep_shapes, m, log)]
   if args.part in ("gemv", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 2, 4)
-    result["gemv"] = bench_gemv(sweep_shapes, ms, log, norm=args.gemv_norm)
+    result["gemv"] = bench_gemv(sweep_shapes, ms, log, args.gemv_prologue)
   if args.part in ("mgpu2bit", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (16, 64, 128)
     result["mgpu_2bit"] = bench_mgpu_2bit(sweep_shapes, ms, log)

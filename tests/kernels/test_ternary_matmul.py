@@ -581,26 +581,25 @@ def test_prologue_fused_into_the_quantization_equals_xla_applying_it_first(m, co
   np.testing.assert_array_equal(np.asarray(gemm, np.float32), np.asarray(ref, np.float32))
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["norm", "norm+residual"])
+@pytest.mark.parametrize("prologue", ["norm", "norm+residual", "swiglu"])
 @pytest.mark.parametrize("m", [1, 3])
-def test_quantizing_gemv_computes_the_norm_as_xla_does(m, residual):
-  """The GEMV that quantizes x itself, with the pre-norm computed by every program: bit-identical
-  to XLA applying the norm first (and, at one row, the dispatcher's choice at K = 712, which
-  quantizes in the GEMV). A SwiGLU prologue is refused by that kernel, by name."""
+def test_quantizing_gemv_computes_the_prologue_as_xla_does(m, prologue):
+  """The GEMV that quantizes x itself, with the pre-norm or the SwiGLU gating computed by every
+  program: bit-identical to XLA applying it first (and, at one row, the dispatcher's choice at
+  K = 712, which quantizes in the GEMV)."""
   k, n = 712, 96
   _, _, _, p = _case(31 + m, m, k, n, (6, 8))
-  x = activations(jax.random.key(m), (m, k))
-  pro = RMSNormPrologue(jnp.linspace(0.5, 2.0, k, dtype=jnp.float32), 1e-6,
-                        activations(jax.random.key(7), x.shape) if residual else None)
+  x = activations(jax.random.key(m), (m, 2 * k if prologue == "swiglu" else k))
+  pro = (SwiGLUPrologue() if prologue == "swiglu" else
+         RMSNormPrologue(jnp.linspace(0.5, 2.0, k, dtype=jnp.float32), 1e-6,
+                         activations(jax.random.key(7), x.shape) if "residual" in prologue
+                         else None))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla", prologue=pro),
                    np.float32)
   for config in (GemvConfig(block_n=8, block_w=32, quantizes_x=True),) + (None,) * (m == 1):
     out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config,
                          prologue=pro, out_init=jnp.full((m, n), jnp.nan, x.dtype))
     np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
-  with pytest.raises(ValueError, match="computes an RMSNormPrologue or none, got SwiGLUPrologue"):
-    ternary_matmul(jnp.concatenate([x, x], axis=1), p, quantize_x=True, implementation="pallas",
-                   config=GemvConfig(block_n=8, quantizes_x=True), prologue=SwiGLUPrologue())
 
 
 def test_prologue_errors_name_the_problem():

@@ -35,7 +35,7 @@ from sbitnet.kernels.ternary_matmul.quantize_rows import (MAX_WIDTH, divide_as_x
                                                          load_row, norm_inputs, normalize,
                                                          quantization_scale, quantize, row_width,
                                                          split_norm_refs)
-from sbitnet.ops.prologue import RMSNormPrologue
+from sbitnet.ops.prologue import RMSNormPrologue, SwiGLUPrologue, check_swiglu
 
 WORD_WEIGHTS = 16  # 2-bit codes per 32-bit word
 PLANE_WORDS = PLANE_ROWS // 4  # code words per format tile = int8 x words per plane of a tile
@@ -140,18 +140,21 @@ def _kernel(x_ref, rs_ref, sum_ref, w_ref, cs_ref, o_ref, *, block_w: int, asm: 
          [pltriton.load(rs_ref.at[r]) for r in rows], cs_ref[...])
 
 
-def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, residual: bool):
-  """Refs: float x `[M, K]`, the residual `[M, K]` (with `residual`), the norm's scale `[K]`
+def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, residual: bool,
+                       glu: bool):
+  """Refs: float x `[M, Kin]`, the residual `[M, K]` (with `residual`), the norm's scale `[K]`
   (with `norm_eps`), codes, column scales, output. Each program quantizes every row itself, bit
   for bit as `quantize_rows` (natural order) does: the row's statistics (the norm's sum of
   squares, absmax, the sum of q) from the whole row in registers, then, per step, the values its
-  code words meet, gathered in plane order, normalized, quantized and packed four to a word."""
+  code words meet, gathered in plane order, gated (`glu`: `swiglu`, Kin = 2K) or normalized,
+  quantized and packed four to a word."""
   x_ref, res_ref, norm_ref, (w_ref, cs_ref, o_ref) = split_norm_refs(refs, norm_eps, residual)
-  m, k = x_ref.shape
+  m, k_in = x_ref.shape
+  k = k_in // 2 if glu else k_in
   cols = jax.lax.broadcasted_iota(jnp.int32, (row_width(k),), 0)
   stats = []
   for r in range(m):
-    raw = load_row(x_ref, res_ref, r, cols, cols < k, False, k)
+    raw = load_row(x_ref, res_ref, r, cols, cols < k, glu, k)
     inv_rms = None if norm_ref is None else inverse_rms(jnp.sum(raw * raw), k, norm_eps, asm)
     v = normalize(raw, norm_ref, cols, cols < k, inv_rms)
     s = quantization_scale(jnp.max(jnp.abs(v)), asm)
@@ -167,7 +170,7 @@ def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, r
       word = jnp.zeros((block_w,), jnp.int32)
       for b in range(4):
         at = s * block_w * WORD_WEIGHTS + word_rows + PLANE_ROWS * q + b
-        v = normalize(load_row(x_ref, res_ref, r, at, at < k, False, k), norm_ref, at, at < k,
+        v = normalize(load_row(x_ref, res_ref, r, at, at < k, glu, k), norm_ref, at, at < k,
                       inv_rms)
         word = word | ((quantize(v, scale, asm) & 0xFF) << (8 * b))
       words.append(word[None, :])
@@ -178,8 +181,9 @@ def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, r
          [divide_as_xla(jnp.ones_like(s), s, asm) for _, s, _ in stats], cs_ref[...])
 
 
-def _check(config: GemvConfig, x: jax.Array, codes: jax.Array, int8: bool) -> None:
-  k, (n, nbytes), c = x.shape[1], codes.shape, config
+def _check(config: GemvConfig, x: jax.Array, k: int, codes: jax.Array, int8: bool) -> None:
+  """x `[M, Kin]` holds rows of K values (Kin = 2K: gate and up)."""
+  (n, nbytes), c = codes.shape, config
   powers_of_two = all(b > 0 and not b & (b - 1) for b in (c.block_n, c.block_w))
   dtype_ok = x.dtype == jnp.int8 if int8 else jnp.issubdtype(x.dtype, jnp.floating)
   if (not dtype_ok or k > nbytes * 4 or n % c.block_n or not powers_of_two
@@ -217,7 +221,7 @@ def matmul(xq: jax.Array, row_scale: jax.Array, row_sum: jax.Array, codes: jax.A
   asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp).
   `out_init`, if given, is the output buffer (aliased): tiles the kernel fails to write keep it.
   """
-  _check(config, xq, codes, int8=True)
+  _check(config, xq, xq.shape[1], codes, int8=True)
   kernel = functools.partial(_kernel, block_w=config.block_w,
                              asm=not interpret if asm is None else asm)
   return _call(kernel, [x_words(xq, codes.shape[1] * 4), row_scale, row_sum], xq.shape[0],
@@ -230,22 +234,28 @@ def matmul_quantizing(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
                       interpret: bool = False, asm: bool | None = None,
                       out_init: jax.Array | None = None) -> jax.Array:
   """`matmul` of `quantize_rows(x, prologue, rows=M, plane_order=False)` in one kernel: each
-  program quantizes x (after the RMS norm `prologue`, if given) itself, bit for bit as
-  `quantize_rows`, so a decode call is one launch instead of two. Every program reads the whole
-  of x (and the residual and norm scale): worth it where K is short (`config.choose_gemv`).
+  program quantizes x (after the `prologue`, an RMS norm or SwiGLU, if given) itself, bit for bit
+  as `quantize_rows`, so a decode call is one launch instead of two (three with XLA's SwiGLU
+  ahead). Every program reads the whole of x (and the residual and norm scale): worth it where K
+  is short or the prologue would be a kernel of its own (`config.choose_gemv`).
 
-  x: float `[M, K]` (K <= row_width's MAX_WIDTH); codes, col_scale, the rest: as `matmul`."""
-  if prologue is not None and not isinstance(prologue, RMSNormPrologue):
-    raise ValueError(f"the quantizing dp4a GEMV computes an RMSNormPrologue or none, got "
-                     f"{type(prologue).__name__}; apply it first or use a GemvConfig with "
-                     "quantizes_x=False.")
-  _check(config, x, codes, int8=False)
-  if x.shape[1] > MAX_WIDTH:
-    raise ValueError(f"the quantizing dp4a GEMV holds a row of x in registers: K={x.shape[1]} "
-                     f"must be <= {MAX_WIDTH}; use a GemvConfig with quantizes_x=False.")
+  x: float `[M, Kin]`, Kin = K, or 2K with a `SwiGLUPrologue` (K <= row_width's MAX_WIDTH);
+  codes, col_scale, the rest: as `matmul`."""
+  glu = isinstance(prologue, SwiGLUPrologue)
+  if prologue is not None and not isinstance(prologue, (RMSNormPrologue, SwiGLUPrologue)):
+    raise ValueError(f"the quantizing dp4a GEMV computes an RMSNormPrologue, a SwiGLUPrologue or "
+                     f"none, got {type(prologue).__name__}; apply it first or use a GemvConfig "
+                     "with quantizes_x=False.")
+  if glu:
+    check_swiglu(x.shape)
+  k = x.shape[1] // 2 if glu else x.shape[1]
+  _check(config, x, k, codes, int8=False)
+  if k > MAX_WIDTH:
+    raise ValueError(f"the quantizing dp4a GEMV holds a row of x in registers: K={k} must be <= "
+                     f"{MAX_WIDTH}; use a GemvConfig with quantizes_x=False.")
   inputs, norm_eps, residual = norm_inputs(x, prologue)
   kernel = functools.partial(_kernel_quantizing, block_w=config.block_w,
                              asm=not interpret if asm is None else asm, norm_eps=norm_eps,
-                             residual=residual)
+                             residual=residual, glu=glu)
   return _call(kernel, inputs, x.shape[0], codes, col_scale, config, out_dtype, interpret,
                out_init)
