@@ -1,13 +1,14 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
   python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|
-                                       prologue|all]
+                                       prologue|swiglu|all]
                                [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name] [--profile]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at one or
 more rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
+swiglu: the 3B SwiGLU block at one row, two calls against the gated GEMV pair over its configs;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs;
 prologue: activation quantization with the pre-norm or SwiGLU fused in, against XLA computing it.
@@ -42,7 +43,8 @@ from jax.experimental.pallas import triton as pltriton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
+from sbitnet.kernels import (pack, sparse_quantize_pack, ternary_matmul,  # noqa: E402
+                             ternary_swiglu_mlp, unpack)
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul.api import off_gpu, on_hopper  # noqa: E402
 from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu,  # noqa: E402
@@ -620,6 +622,56 @@ def bench_ceiling(shapes, log, peaks):
   return rows
 
 
+def bench_swiglu(log, k=2048, f=11008, n=2048):
+  """The 3B model's SwiGLU block at one row with its pre-norm and residual
+  (`ternary_swiglu_mlp`): the two `ternary_matmul` calls the dispatcher made before (XLA's
+  gating and `quantize_rows` between the GEMVs) against the gated GEMV pair at the default
+  configs and over gate/up configs (down at its default) and down configs (gate/up at its
+  default); each checked against XLA's two calls first (relative error < 1e-3)."""
+  G = gemv_dp4a.GemvConfig
+  t_gu, _ = _ternary(jax.random.key(11), k, 2 * f)
+  t_d, _ = _ternary(jax.random.key(12), f, n)
+  reps = copies(k * 2 * f // 4 + f * n // 4)
+  blocks = [(pack(t_gu, jnp.array([0.02, 0.03 + i * 1e-3]), (f, f)),
+             pack(t_d, jnp.float32(0.04 + i * 1e-3))) for i in range(reps)]
+  x = _nonzero_normal(jax.random.key(13), (1, k), jnp.bfloat16)
+  pro = RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(14), (k,), jnp.float32), 1e-6,
+                        _nonzero_normal(jax.random.key(15), (1, k), jnp.bfloat16))
+
+  def two_calls(x, gu, d, pro, implementation=None):
+    h = ternary_matmul(x, gu, quantize_x=True, prologue=pro, implementation=implementation)
+    return ternary_matmul(h, d, quantize_x=True, prologue=SwiGLUPrologue(),
+                          implementation=implementation)
+
+  ref = np.asarray(jax.jit(functools.partial(two_calls, implementation="xla"))(
+      x, *blocks[0], pro), np.float32)
+  sets = [(x, gu, d, pro) for gu, d in blocks]
+  est = (k * 2 * f + f * n) / 4 / 2e12
+  res = {"two calls (dispatcher before)": checked_timing(two_calls, sets[0], ref, sets, est,
+                                                         "swiglu two calls", log)}
+  gate_default, down_default = config_lib.choose_gated_gemv(1, f, k)
+  cases = [("gated pair (default)", None)]
+  cases += [(f"gate {_short(c)}", (c, down_default))
+            for c in [G(bn, bw, num_warps=w) for bn in (8, 16, 32) for bw in (32, 64, 128)
+                      for w in (4, 8)] if c != gate_default]
+  cases += [(f"down {_short(c)}", (gate_default, c))
+            for c in [G(bn, bw, num_warps=w) for bn in (1, 2, 4, 8, 16) for bw in (256, 512, 1024)
+                      for w in (4, 8)] if c != down_default]
+  for label, configs in cases:
+    def fused(x, gu, d, pro, configs=configs):
+      return ternary_swiglu_mlp(x, gu, d, prologue=pro, implementation="pallas",
+                                configs=configs)
+    res[label] = checked_timing(fused, sets[0], ref, sets, est, f"swiglu {label}", log)
+  ranked = sorted((v, key) for key, v in res.items() if v is not None)
+  log(f"  swiglu block k={k} f={f} n={n} m=1 (gate/up default {_short(gate_default)}, down "
+      f"default {_short(down_default)}):" + "".join(
+          f"\n      {key}: {v * 1e6:7.2f}us" for v, key in ranked[:8]) + "".join(
+          f"\n      {key}: {v * 1e6:7.2f}us" for v, key in ranked[8:]
+          if "default" in key or "two calls" in key))
+  return [dict(k=k, f=f, n=n, m=1, impl=key, us=None if v is None else v * 1e6)
+          for key, v in res.items()]
+
+
 def bench_prologue(ms, log):
   """Activation quantization with a prologue (the 3B model's pre-norm with its residual, K =
   2048; SwiGLU ahead of the down projection, K = 11008), natural order: XLA computing the
@@ -781,7 +833,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
                   choices=("decode", "large", "fused", "sweep", "gemv", "mgpu2bit", "ceiling",
-                           "kernelonly", "int8gemm", "prologue", "all"))
+                           "kernelonly", "int8gemm", "prologue", "swiglu", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -841,6 +893,8 @@ def main():
   if args.part in ("prologue", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 16, 128)
     result["prologue"] = bench_prologue(ms, log)
+  if args.part in ("swiglu", "all"):
+    result["swiglu"] = bench_swiglu(log)
   if args.part in ("int8gemm", "all"):
     names = [s for s in INT8_GEMM_SHAPES if not args.shapes or s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else INT8_GEMM_MS

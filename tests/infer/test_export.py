@@ -51,6 +51,15 @@ def test_pallas_implementation_matches_xla(loaded, packed_file, prompts):
   assert_close(pallas, xla, tol=1e-3)
 
 
+def test_pallas_decode_matches_xla(packed_file, prompts):
+  """Greedy decoding of one row with the Pallas kernels (interpret mode): every one-token step
+  runs the MLPs as the gated GEMV pair (`ternary_swiglu_mlp`), the same tokens as XLA."""
+  prompt = [prompts[0]]
+  xla = Generator(load_packed(packed_file, implementation="xla").model).generate(prompt, 3)
+  pallas = Generator(load_packed(packed_file, implementation="pallas").model).generate(prompt, 3)
+  assert pallas == xla
+
+
 def test_int8_weights_give_the_same_logits_for_large_calls(packed_file):
   """Over DECODE_MAX_M rows the materialized int8 weight replaces the per-call unpack; int32
   accumulation is exact, so the logits are equal, and the .npz stays as it was."""
