@@ -622,12 +622,12 @@ def bench_ceiling(shapes, log, peaks):
   return rows
 
 
-def bench_swiglu(log, k=2048, f=11008, n=2048):
+def bench_swiglu(log, k=2048, f=11008, n=2048, profile=False):
   """The 3B model's SwiGLU block at one row with its pre-norm and residual
-  (`ternary_swiglu_mlp`): the two `ternary_matmul` calls the dispatcher made before (XLA's
-  gating and `quantize_rows` between the GEMVs) against the gated GEMV pair at the default
-  configs and over gate/up configs (down at its default) and down configs (gate/up at its
-  default); each checked against XLA's two calls first (relative error < 1e-3)."""
+  (`ternary_swiglu_mlp`): the two `ternary_matmul` calls (XLA's gating and `quantize_rows`
+  between the GEMVs) against the gated GEMV pair at the default configs and over a grid of
+  gate/up × down configs; each checked against XLA's two calls first (relative error < 1e-3).
+  With `profile`, also the GPU kernels of the two calls and of the default pair."""
   G = gemv_dp4a.GemvConfig
   t_gu, _ = _ternary(jax.random.key(11), k, 2 * f)
   t_d, _ = _ternary(jax.random.key(12), f, n)
@@ -650,18 +650,28 @@ def bench_swiglu(log, k=2048, f=11008, n=2048):
   res = {"two calls (dispatcher before)": checked_timing(two_calls, sets[0], ref, sets, est,
                                                          "swiglu two calls", log)}
   gate_default, down_default = config_lib.choose_gated_gemv(1, f, k)
+  gates = [G(bn, bw, num_warps=w) for bn, bw, w in ((16, 64, 4), (16, 64, 8), (32, 64, 8),
+                                                      (32, 32, 8), (16, 128, 8), (64, 32, 8))]
+  downs = [G(bn, bw, num_warps=w) for bn, bw, w in ((4, 1024, 8), (8, 256, 8), (8, 512, 8),
+                                                      (8, 1024, 8), (16, 512, 8), (16, 1024, 8),
+                                                      (32, 512, 8), (8, 512, 16))]
   cases = [("gated pair (default)", None)]
-  cases += [(f"gate {_short(c)}", (c, down_default))
-            for c in [G(bn, bw, num_warps=w) for bn in (8, 16, 32) for bw in (32, 64, 128)
-                      for w in (4, 8)] if c != gate_default]
-  cases += [(f"down {_short(c)}", (gate_default, c))
-            for c in [G(bn, bw, num_warps=w) for bn in (1, 2, 4, 8, 16) for bw in (256, 512, 1024)
-                      for w in (4, 8)] if c != down_default]
+  cases += [(f"gate {_short(g)} + down {_short(d)}", (g, d)) for g in gates for d in downs
+            if (g, d) != (gate_default, down_default)]
   for label, configs in cases:
     def fused(x, gu, d, pro, configs=configs):
       return ternary_swiglu_mlp(x, gu, d, prologue=pro, implementation="pallas",
                                 configs=configs)
     res[label] = checked_timing(fused, sets[0], ref, sets, est, f"swiglu {label}", log)
+  if profile:
+    def pair(x, gu, d, pro):
+      return ternary_swiglu_mlp(x, gu, d, prologue=pro, implementation="pallas")
+    for label, fn in (("two calls", two_calls), ("gated pair (default)", pair)):
+      call = jax.jit(fn)
+      trace = device_time_summary(lambda: call(*sets[0]), calls=20, top=8)
+      log(f"  swiglu profile {label}: busy {trace['gpu0_busy_ms_per_call'] * 1e3:.2f}us, "
+          f"{trace['kernels_per_call']:.0f} kernels: " + ", ".join(
+              f"{name} {ms * 1e3:.2f}us" for ms, _, name in trace["top_kernels_ms_per_call"]))
   ranked = sorted((v, key) for key, v in res.items() if v is not None)
   log(f"  swiglu block k={k} f={f} n={n} m=1 (gate/up default {_short(gate_default)}, down "
       f"default {_short(down_default)}):" + "".join(
@@ -841,7 +851,8 @@ def main():
   ap.add_argument("--gemv-prologue", default="none", choices=("none", "norm", "swiglu"),
                   help="gemv: every call after the pre-norm with its residual, or SwiGLU")
   ap.add_argument("--profile", action="store_true",
-                  help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels")
+                  help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels; "
+                  "swiglu: the two calls' and the gated pair's kernels")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
@@ -894,7 +905,7 @@ def main():
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 16, 128)
     result["prologue"] = bench_prologue(ms, log)
   if args.part in ("swiglu", "all"):
-    result["swiglu"] = bench_swiglu(log)
+    result["swiglu"] = bench_swiglu(log, profile=args.profile)
   if args.part in ("int8gemm", "all"):
     names = [s for s in INT8_GEMM_SHAPES if not args.shapes or s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else INT8_GEMM_MS

@@ -18,17 +18,25 @@ def _plane_order(xq: np.ndarray, rows: int) -> np.ndarray:
   return x.reshape(rows, ks // 512, 4, 4, 32).transpose(0, 1, 3, 2, 4).reshape(rows, ks)
 
 
-def _assert_layout(q, scale, offset, xq, x_scale, plane_order: bool) -> None:
+def _assert_layout(q, scale, offset, xq, x_scale, plane_order: bool, exact: bool = True) -> None:
   """`quantize_rows`'s outputs (rows >= M) against `absmax_int8`'s: q in plane or natural order,
-  zero-padded; the scale, zero past M; the offset, the sum over planes 0-2 or over all of K."""
+  zero-padded; the scale, zero past M; the offset, the sum of q over planes 0-2 or over all of K.
+  Not `exact` (a row reduction the kernel sums in another order than XLA's `jnp.mean`): the scale
+  within float32 rounding (1e-6) and at most one in 1,000 int8 values one step off (a value at a
+  rounding tie)."""
   rows, m = q.shape[0], xq.shape[0]
   expected = (_plane_order(np.asarray(xq), rows) if plane_order else
               np.pad(np.asarray(xq), ((0, rows - m), (0, 0))))
   assert q.dtype == jnp.int8 and q.shape == expected.shape
-  np.testing.assert_array_equal(np.asarray(q), expected)
-  np.testing.assert_array_equal(np.asarray(scale),
-                                np.pad(np.asarray(x_scale[:, 0]), (0, rows - m)))
-  wide = expected.astype(np.int64)
+  want_scale = np.pad(np.asarray(x_scale[:, 0]), (0, rows - m))
+  if exact:
+    np.testing.assert_array_equal(np.asarray(q), expected)
+    np.testing.assert_array_equal(np.asarray(scale), want_scale)
+  else:
+    off = np.abs(np.asarray(q, np.int32) - expected.astype(np.int32))
+    assert off.max() <= 1 and np.count_nonzero(off) <= off.size // 1000
+    np.testing.assert_allclose(np.asarray(scale), want_scale, rtol=1e-6)
+  wide = np.asarray(q).astype(np.int64)
   summed = wide.reshape(rows, -1, 4, 128)[:, :, :3].sum((1, 2, 3)) if plane_order else wide.sum(1)
   np.testing.assert_array_equal(np.asarray(offset), summed)
 
@@ -76,10 +84,12 @@ def test_quantize_rows_lowers_for_the_gpu_and_checks_its_inputs(k):
     ("rms_norm+residual", 1024), ("swiglu", 32768), ("swiglu", 1024)], ids=str)
 def test_quantize_rows_with_a_prologue_is_absmax_int8_of_its_result(prologue, max_width,
                                                                     plane_order):
-  """Interpret mode, exact: the RMS norm (of x, or of x + a residual) or SwiGLU computed in the
-  kernel (row in registers, or read in chunks: three passes with the norm), then quantized,
-  against `absmax_int8` of the prologue's float32 result from `sbitnet.ops`; rows past M come
-  out zero."""
+  """Interpret mode: the RMS norm (of x, or of x + a residual) or SwiGLU computed in the kernel
+  (row in registers, or read in chunks: three passes with the norm), then quantized, against
+  `absmax_int8` of the prologue's float32 result from `sbitnet.ops`; rows past M come out zero.
+  SwiGLU is elementwise, so exact; the norm's sum of squares runs over the kernel's padded row
+  or its chunks, whose float32 rounding XLA's CPU backend need not share with `jnp.mean` over
+  the row (it did on one CPU, not on another), so within rounding there."""
   m, k, rows = 3, 2600, 8
   x = activations(jax.random.key(5), (m, 2 * k if prologue == "swiglu" else k), jnp.bfloat16)
   residual = activations(jax.random.key(6), x.shape, jnp.bfloat16)
@@ -89,7 +99,7 @@ def test_quantize_rows_with_a_prologue_is_absmax_int8_of_its_result(prologue, ma
   q, scale, offset = quantize_rows(x, pro, rows=rows, plane_order=plane_order, interpret=True,
                                    max_width=max_width)
   xq, x_scale = absmax_int8(pro(x, jnp.float32))
-  _assert_layout(q, scale, offset, xq, x_scale, plane_order)
+  _assert_layout(q, scale, offset, xq, x_scale, plane_order, exact=prologue == "swiglu")
 
 
 @pytest.mark.parametrize("k", [11008, 40000])

@@ -81,11 +81,12 @@ def test_gated_kernels_write_every_column(gate_config, down_config):
                             config=gate_config, out_dtype=jnp.bfloat16, interpret=True)
   y = gemv_dp4a.matmul(xq, row_scale, row_sum, gate_up.codes, gate_up.scale, config=gate_config,
                        out_dtype=jnp.bfloat16, interpret=True)
-  want = SwiGLUPrologue()(y, jnp.float32)
-  np.testing.assert_array_equal(np.asarray(h), np.asarray(want))
+  # Bit for bit in interpret mode on the CPU; on a GPU XLA may fuse its gating differently.
+  np.testing.assert_allclose(np.asarray(h), np.asarray(SwiGLUPrologue()(y, jnp.float32)),
+                             rtol=1e-6)
   assert amax.shape == (1, F // gate_config.block_n)
   np.testing.assert_array_equal(
-      np.asarray(amax)[0], np.abs(np.asarray(want)[0]).reshape(-1, gate_config.block_n).max(1))
+      np.asarray(amax)[0], np.abs(np.asarray(h)[0]).reshape(-1, gate_config.block_n).max(1))
   n16 = 96
   codes = jnp.pad(down.codes, ((0, n16 - N), (0, 0)), constant_values=0x55)
   scale = jnp.pad(down.scale, (0, n16 - N))
