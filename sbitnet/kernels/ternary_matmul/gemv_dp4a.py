@@ -150,17 +150,17 @@ def _quantized_words(value_at, s, block_w: int, scale: jax.Array, asm: bool) -> 
   """x's words of planes 0..3 at step s (`[1, block_w]` each), from float32 values
   `value_at(rows)` of K rows `rows` (zero past K) quantized with `scale` (`quantize`) and packed
   four to a word: word p holds, in byte b of plane q, K row
-  `s * block_w * 16 + 128 (p // 8) + 32 q + 4 (p % 8) + b`."""
-  p = jax.lax.broadcasted_iota(jnp.int32, (block_w,), 0)
-  word_rows = s * block_w * WORD_WEIGHTS + TILE_K * (p // PLANE_WORDS) + 4 * (p % PLANE_WORDS)
-  words = []
-  for q in range(4):
-    word = jnp.zeros((block_w,), jnp.int32)
-    for b in range(4):
-      word = word | ((quantize(value_at(word_rows + PLANE_ROWS * q + b), scale, asm) & 0xFF)
-                     << (8 * b))
-    words.append(word[None, :])
-  return words
+  `s * block_w * 16 + 128 (p // 8) + 32 q + 4 (p % 8) + b`. The step's values are read in their
+  natural order, `[tiles, q, p % 8, b]` (coalesced), and each plane picked out in registers."""
+  tiles = block_w // PLANE_WORDS
+  shape = (tiles, 4, PLANE_WORDS, 4)
+  index = [jax.lax.broadcasted_iota(jnp.int32, shape, d) for d in range(4)]
+  rows = (s * block_w * WORD_WEIGHTS + TILE_K * index[0] + PLANE_ROWS * index[1] + 4 * index[2]
+          + index[3])
+  byte = (quantize(value_at(rows), scale, asm) & 0xFF) << (8 * index[3])
+  words = jnp.sum(byte, axis=3)  # disjoint bytes: the sum is their OR
+  plane = jax.lax.broadcasted_iota(jnp.int32, shape[:3], 1)
+  return [jnp.sum(jnp.where(plane == q, words, 0), axis=1).reshape(1, block_w) for q in range(4)]
 
 
 def _kernel(x_ref, rs_ref, sum_ref, w_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
