@@ -1,14 +1,13 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
   python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|
-                                       prologue|swiglu|all]
+                                       prologue|all]
                                [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name] [--profile]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at one or
 more rows beside the MMA kernel (each checked against XLA first); ceiling: a kernel that only streams
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
-swiglu: the 3B SwiGLU block at one row, two calls against the gated GEMV pair over its configs;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs;
 prologue: activation quantization with the pre-norm or SwiGLU fused in, against XLA computing it.
@@ -43,8 +42,7 @@ from jax.experimental.pallas import triton as pltriton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sbitnet.kernels import (pack, sparse_quantize_pack, ternary_matmul,  # noqa: E402
-                             ternary_swiglu_mlp, unpack)
+from sbitnet.kernels import pack, sparse_quantize_pack, ternary_matmul, unpack  # noqa: E402
 from sbitnet.kernels.ternary_matmul import config as config_lib  # noqa: E402
 from sbitnet.kernels.ternary_matmul.api import off_gpu, on_hopper  # noqa: E402
 from sbitnet.kernels.ternary_matmul import (gemv_dp4a, int8_gemm, int8_gemm_mgpu,  # noqa: E402
@@ -622,66 +620,6 @@ def bench_ceiling(shapes, log, peaks):
   return rows
 
 
-def bench_swiglu(log, k=2048, f=11008, n=2048, profile=False):
-  """The 3B model's SwiGLU block at one row with its pre-norm and residual
-  (`ternary_swiglu_mlp`): the two `ternary_matmul` calls (XLA's gating and `quantize_rows`
-  between the GEMVs) against the gated GEMV pair at the default configs and over a grid of
-  gate/up × down configs; each checked against XLA's two calls first (relative error < 1e-3).
-  With `profile`, also the GPU kernels of the two calls and of the default pair."""
-  G = gemv_dp4a.GemvConfig
-  t_gu, _ = _ternary(jax.random.key(11), k, 2 * f)
-  t_d, _ = _ternary(jax.random.key(12), f, n)
-  reps = copies(k * 2 * f // 4 + f * n // 4)
-  blocks = [(pack(t_gu, jnp.array([0.02, 0.03 + i * 1e-3]), (f, f)),
-             pack(t_d, jnp.float32(0.04 + i * 1e-3))) for i in range(reps)]
-  x = _nonzero_normal(jax.random.key(13), (1, k), jnp.bfloat16)
-  pro = RMSNormPrologue(1 + 0.1 * _nonzero_normal(jax.random.key(14), (k,), jnp.float32), 1e-6,
-                        _nonzero_normal(jax.random.key(15), (1, k), jnp.bfloat16))
-
-  def two_calls(x, gu, d, pro, implementation=None):
-    h = ternary_matmul(x, gu, quantize_x=True, prologue=pro, implementation=implementation)
-    return ternary_matmul(h, d, quantize_x=True, prologue=SwiGLUPrologue(),
-                          implementation=implementation)
-
-  ref = np.asarray(jax.jit(functools.partial(two_calls, implementation="xla"))(
-      x, *blocks[0], pro), np.float32)
-  sets = [(x, gu, d, pro) for gu, d in blocks]
-  est = (k * 2 * f + f * n) / 4 / 2e12
-  res = {"two calls (dispatcher before)": checked_timing(two_calls, sets[0], ref, sets, est,
-                                                         "swiglu two calls", log)}
-  gate_default, down_default = config_lib.choose_gated_gemv(1, f, k)
-  gates = [G(bn, bw, num_warps=w) for bn, bw, w in ((16, 64, 4), (16, 64, 8), (32, 64, 8),
-                                                      (32, 32, 8), (16, 128, 8), (64, 32, 8))]
-  downs = [G(bn, bw, num_warps=w) for bn, bw, w in ((4, 1024, 8), (8, 256, 8), (8, 512, 8),
-                                                      (8, 1024, 8), (16, 512, 8), (16, 1024, 8),
-                                                      (32, 512, 8), (8, 512, 16))]
-  cases = [("gated pair (default)", None)]
-  cases += [(f"gate {_short(g)} + down {_short(d)}", (g, d)) for g in gates for d in downs
-            if (g, d) != (gate_default, down_default)]
-  for label, configs in cases:
-    def fused(x, gu, d, pro, configs=configs):
-      return ternary_swiglu_mlp(x, gu, d, prologue=pro, implementation="pallas",
-                                configs=configs)
-    res[label] = checked_timing(fused, sets[0], ref, sets, est, f"swiglu {label}", log)
-  if profile:
-    def pair(x, gu, d, pro):
-      return ternary_swiglu_mlp(x, gu, d, prologue=pro, implementation="pallas")
-    for label, fn in (("two calls", two_calls), ("gated pair (default)", pair)):
-      call = jax.jit(fn)
-      trace = device_time_summary(lambda: call(*sets[0]), calls=20, top=8)
-      log(f"  swiglu profile {label}: busy {trace['gpu0_busy_ms_per_call'] * 1e3:.2f}us, "
-          f"{trace['kernels_per_call']:.0f} kernels: " + ", ".join(
-              f"{name} {ms * 1e3:.2f}us" for ms, _, name in trace["top_kernels_ms_per_call"]))
-  ranked = sorted((v, key) for key, v in res.items() if v is not None)
-  log(f"  swiglu block k={k} f={f} n={n} m=1 (gate/up default {_short(gate_default)}, down "
-      f"default {_short(down_default)}):" + "".join(
-          f"\n      {key}: {v * 1e6:7.2f}us" for v, key in ranked[:8]) + "".join(
-          f"\n      {key}: {v * 1e6:7.2f}us" for v, key in ranked[8:]
-          if "default" in key or "two calls" in key))
-  return [dict(k=k, f=f, n=n, m=1, impl=key, us=None if v is None else v * 1e6)
-          for key, v in res.items()]
-
-
 def bench_prologue(ms, log):
   """Activation quantization with a prologue (the 3B model's pre-norm with its residual, K =
   2048; SwiGLU ahead of the down projection, K = 11008), natural order: XLA computing the
@@ -843,7 +781,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
                   choices=("decode", "large", "fused", "sweep", "gemv", "mgpu2bit", "ceiling",
-                           "kernelonly", "int8gemm", "prologue", "swiglu", "all"))
+                           "kernelonly", "int8gemm", "prologue", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -851,8 +789,7 @@ def main():
   ap.add_argument("--gemv-prologue", default="none", choices=("none", "norm", "swiglu"),
                   help="gemv: every call after the pre-norm with its residual, or SwiGLU")
   ap.add_argument("--profile", action="store_true",
-                  help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels; "
-                  "swiglu: the two calls' and the gated pair's kernels")
+                  help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
@@ -904,8 +841,6 @@ def main():
   if args.part in ("prologue", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 16, 128)
     result["prologue"] = bench_prologue(ms, log)
-  if args.part in ("swiglu", "all"):
-    result["swiglu"] = bench_swiglu(log, profile=args.profile)
   if args.part in ("int8gemm", "all"):
     names = [s for s in INT8_GEMM_SHAPES if not args.shapes or s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")] if args.ms else INT8_GEMM_MS

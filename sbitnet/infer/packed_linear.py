@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbitnet.kernels import (PackedTernary, pack, ternary_matmul, ternary_swiglu_mlp,
-                             unpack_int8)
-from sbitnet.ops import Prologue, SwiGLUPrologue, quantize_activations
+from sbitnet.kernels import PackedTernary, pack, ternary_matmul, unpack_int8
+from sbitnet.ops import Prologue, quantize_activations
 
 
 class PackedLinear(nnx.Module):
@@ -60,23 +59,6 @@ class PackedLinear(nnx.Module):
     """The weight as a `PackedTernary` (logical `[in, out]`)."""
     return PackedTernary(self.codes[...], self.scale[...], in_features=self.in_features,
                          split=self.split)
-
-  def swiglu_block(self, down: PackedLinear, x: jax.Array,
-                   prologue: Prologue | None = None) -> jax.Array:
-    """`down(swiglu(self(x, prologue)))` (`SwiGLU`'s block, this layer its gate/up projection):
-    with 8-bit activations and no biases on both, one `ternary_swiglu_mlp` call, which fuses the
-    gating and the down projection's quantization into the two GEMVs at one row on the GPU;
-    otherwise the two layers' calls."""
-    if (self.act_bits != 8 or down.act_bits != 8 or self.bias is not None
-        or down.bias is not None or self.dtype != down.dtype
-        or self.implementation != down.implementation):
-      return down(self(x, prologue), SwiGLUPrologue())
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
-    return ternary_swiglu_mlp(
-        x, self.packed(), down.packed(), prologue=prologue, implementation=self.implementation,
-        gate_up_int8=None if self.weight_int8 is None else self.weight_int8[...],
-        down_int8=None if down.weight_int8 is None else down.weight_int8[...])
 
   def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
     """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`); with a `prologue`, x is

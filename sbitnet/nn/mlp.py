@@ -23,10 +23,5 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
     """`prologue` (e.g. the pre-norm) is applied to x by the gate/up projection; the gating is the
-    down projection's prologue, so the packed model fuses it into its activation quantization.
-    A gate/up layer with a `swiglu_block(down, x, prologue)` method (`PackedLinear`) computes the
-    whole block itself, fusing across the two projections."""
-    block = getattr(self.gate_up, "swiglu_block", None)
-    if block is not None:
-      return block(self.down, x, prologue)
+    down projection's prologue, so the packed model fuses it into its activation quantization."""
     return self.down(self.gate_up(x, prologue), SwiGLUPrologue())

@@ -52,8 +52,9 @@ def test_pallas_implementation_matches_xla(loaded, packed_file, prompts):
 
 
 def test_pallas_decode_matches_xla(packed_file, prompts):
-  """Greedy decoding of one row with the Pallas kernels (interpret mode): every one-token step
-  runs the MLPs as the gated GEMV pair (`ternary_swiglu_mlp`), the same tokens as XLA."""
+  """Greedy decoding of one row with the Pallas kernels (interpret mode): the one-token steps run
+  the dp4a GEMVs (those quantizing x themselves with the pre-norm too); the same tokens as
+  XLA."""
   prompt = [prompts[0]]
   xla = Generator(load_packed(packed_file, implementation="xla").model).generate(prompt, 3)
   pallas = Generator(load_packed(packed_file, implementation="pallas").model).generate(prompt, 3)

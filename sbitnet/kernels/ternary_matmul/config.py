@@ -13,8 +13,6 @@ below (on Hopper the Mosaic GPU kernel, elsewhere the Triton-backend one).
 
 from __future__ import annotations
 
-import dataclasses
-
 from sbitnet.kernels.ternary_matmul.gemv_dp4a import GemvConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm import GemmConfig
 from sbitnet.kernels.ternary_matmul.int8_gemm_mgpu import MgpuGemmConfig
@@ -96,33 +94,6 @@ def choose(m: int, n: int, kp: int, int8: bool) -> Config:
 def gemv_wins(m: int) -> bool:
   """Whether the dp4a GEMV beat the 2-bit MMA kernel for int8 x with m rows (H200)."""
   return m <= GEMV_MAX_M
-
-
-# A SwiGLU block of up to this many rows runs as the gated GEMV pair (`gemv_dp4a.gated`, then
-# `matmul_from_parts`) instead of two `ternary_matmul` calls with XLA's gating and
-# `quantize_rows` between them.
-GATED_GEMV_MAX_M = 1
-
-
-def gated_gemv_serves(m: int) -> bool:
-  """Whether an m-row SwiGLU block runs as the gated GEMV pair (`ternary_swiglu_mlp`)."""
-  return m <= GATED_GEMV_MAX_M
-
-
-def choose_gated_gemv(m: int, f: int, k: int) -> tuple[GemvConfig, GemvConfig]:
-  """Configs of the gated GEMV pair for m rows of x `[m, k]`, F = f gated columns (H200 grid at
-  the 3B block, k = 2048, F = 11008, one row; docs/kernels.md): the gate/up GEMV takes half
-  `choose_gemv`'s code rows per program from each of gate and up (the same code rows per
-  program as the plain GEMV: 16 + 16 in 64-word steps); the down GEMV, which quantizes the
-  whole gated row in every program, 8 code rows per program in 256-word steps with 8 warps
-  (half the programs of `choose_gemv`'s 4 rows: 16.3 µs for the block vs 19.5)."""
-  gate_up = choose_gemv(m, 2 * f, k)
-  block_n = max(1, gate_up.block_n // 2)
-  while f % block_n:
-    block_n //= 2
-  down_rows = 1 << (max(1, min(8, GEMV_MAX_ROWS // m)).bit_length() - 1)
-  return (dataclasses.replace(gate_up, block_n=block_n, quantizes_x=False),
-          GemvConfig(block_n=down_rows, block_w=256, num_warps=8))
 
 
 def prologue_fused(glu: bool, m: int) -> bool:
