@@ -236,7 +236,8 @@ def matmul_quantizing(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
   program quantizes x (after the `prologue`, an RMS norm or SwiGLU, if given) itself, bit for bit
   as `quantize_rows`, so a decode call is one launch instead of two (three with XLA's SwiGLU
   ahead). Every program reads the whole of x (and the residual and norm scale): worth it where K
-  is short or the prologue would be a kernel of its own (`config.choose_gemv`).
+  is short (`config.choose_gemv`; with SwiGLU on the 3B down projection, K = 11008, it measured
+  slower than XLA's gating and `quantize_rows` ahead, docs/kernels.md).
 
   x: float `[M, Kin]`, Kin = K, or 2K with a `SwiGLUPrologue` (K <= row_width's MAX_WIDTH);
   codes, col_scale, the rest: as `matmul`."""
