@@ -384,7 +384,8 @@ def test_dispatcher_takes_the_int8_gemm_where_it_measured_faster():
   assert config_lib.choose_int8_gemm(1024, 2048, 2048, hopper=True).tile_n == 64
 
 
-@pytest.mark.parametrize("config", [MgpuGemmConfig(64, 64, 64, stages=2, snake_width=2),
+@pytest.mark.parametrize("config", [pytest.param(MgpuGemmConfig(64, 64, 64, stages=2, snake_width=2),
+                                                 marks=pytest.mark.slow),
                                     MgpuGemmConfig(128, 64, 32, stages=3, snake_width=1)],
                          ids=str)
 def test_mosaic_int8_gemm_writes_every_tile_and_equals_xla(config):
@@ -446,8 +447,9 @@ def test_mosaic_int8_gemm_refuses_a_gpu_without_wgmma(monkeypatch):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig())
 
 
-@pytest.mark.parametrize("config", [TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16, stages=2,
-                                                     split_k=2),
+@pytest.mark.parametrize("config", [pytest.param(TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16,
+                                                                  stages=2, split_k=2),
+                                                 marks=pytest.mark.slow),
                                     TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32)],
                          ids=str)
 def test_mosaic_2bit_kernel_writes_every_tile_and_equals_xla(config):

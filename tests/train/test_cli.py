@@ -16,7 +16,10 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("arm", ARMS)
+# By default the default arm and the dense baseline; the two in between under -m slow.
+@pytest.mark.parametrize("arm", [pytest.param(arm, marks=pytest.mark.slow)
+                                 if arm in ("sparse_bf16", "dense_bitnet") else arm
+                                 for arm in ARMS])
 def test_pulse_each_arm(arm, tmp_path):
   weights, n, m = ARMS[arm]
   workdir = tmp_path / arm

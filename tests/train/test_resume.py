@@ -30,6 +30,7 @@ def test_resume_is_bit_exact(tmp_path):
   assert straight == resumed
 
 
+@pytest.mark.slow  # two runs; init_from is also covered by tests/interop/test_hf_convert.py
 def test_params_only_init_from_another_run(tmp_path):
   cache = str(tmp_path / "cache")
   dense = replace(tiny_config(cache), "sparsity", n=0, m=0)
@@ -42,6 +43,7 @@ def test_params_only_init_from_another_run(tmp_path):
   assert start < fresh  # starts from trained weights, not from scratch
 
 
+@pytest.mark.slow  # three training runs, one of them poisoned
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   cfg = tiny_config(str(tmp_path / "cache"), **{"train.checkpoint_every": 2})
   workdir = tmp_path / "run"
