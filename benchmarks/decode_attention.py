@@ -143,7 +143,9 @@ def main() -> None:
   with open(log, "w") as f:
     f.write(json.dumps(meta) + "\n")
   print(json.dumps(meta))
-  ints = lambda text: [int(v) for v in text.split(",")]
+  def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
   sweep = [Config(block_s=bs, splits=sp, num_warps=w, num_stages=st)
            for bs in ints(args.sweep_block_s) for sp in ints(args.sweep_splits)
            for w in ints(args.sweep_warps) for st in ints(args.sweep_stages)]
@@ -155,7 +157,7 @@ def main() -> None:
       data = inputs(batch, length)
       chosen = choose_config(batch, KV_HEADS, length + 16)
       cases = [("read", None), ("xla", None), ("cudnn", None), ("pallas", chosen)]
-      cache_bytes = 2 * data[1].nbytes
+      cache_bytes = data[1].nbytes + data[2].nbytes  # keys and values
       if args.sweep:
         cases += [("pallas", c) for c in sweep if c != chosen and c.splits <= max(1, length // 32)]
       for implementation, config in cases:

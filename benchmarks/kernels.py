@@ -434,8 +434,8 @@ def _record(rows, res, name, k, n, m, p):
 
 def gemv_candidates(n, k, prologue):
   """dp4a GEMV tile configs to time (the dispatcher's is added by the caller): on x quantized
-  ahead (not with a prologue, a short list there) and, on rows of up to 8192 (or 16384 with
-  SwiGLU ahead), quantized by the GEMV."""
+  ahead (a short list with a prologue) and quantized by the GEMV, on rows of up to 8192, and with
+  SwiGLU ahead on a wider grid at any K."""
   G = gemv_dp4a.GemvConfig
   cands = []
   if prologue == "none":

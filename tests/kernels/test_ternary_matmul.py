@@ -384,10 +384,9 @@ def test_dispatcher_takes_the_int8_gemm_where_it_measured_faster():
   assert config_lib.choose_int8_gemm(1024, 2048, 2048, hopper=True).tile_n == 64
 
 
-@pytest.mark.parametrize("config", [pytest.param(MgpuGemmConfig(64, 64, 64, stages=2, snake_width=2),
-                                                 marks=pytest.mark.slow),
-                                    MgpuGemmConfig(128, 64, 32, stages=3, snake_width=1)],
-                         ids=str)
+@pytest.mark.parametrize("config", [
+    pytest.param(MgpuGemmConfig(64, 64, 64, stages=2, snake_width=2), marks=pytest.mark.slow),
+    MgpuGemmConfig(128, 64, 32, stages=3, snake_width=1)], ids=str)
 def test_mosaic_int8_gemm_writes_every_tile_and_equals_xla(config):
   """Mosaic GPU interpret mode (its output starts as NaN, so an unwritten tile fails): M, N and K
   off the tiles, more output tiles than the 4 simulated SMs, the kept int8 weight used."""
@@ -447,11 +446,10 @@ def test_mosaic_int8_gemm_refuses_a_gpu_without_wgmma(monkeypatch):
     ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=MgpuGemmConfig())
 
 
-@pytest.mark.parametrize("config", [pytest.param(TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16,
-                                                                  stages=2, split_k=2),
-                                                 marks=pytest.mark.slow),
-                                    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32)],
-                         ids=str)
+@pytest.mark.parametrize("config", [
+    pytest.param(TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16, stages=2, split_k=2),
+                 marks=pytest.mark.slow),
+    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32)], ids=str)
 def test_mosaic_2bit_kernel_writes_every_tile_and_equals_xla(config):
   """Mosaic GPU interpret mode (int32 output not initialised by the kernel, so an unwritten tile
   fails the exact comparison): M, N and K off the tiles (several x row tiles, N padded to the
