@@ -204,7 +204,7 @@ def check_prologues(p, x, log):
   quantizing_gemv = (gemv_dp4a.GemvConfig(block_n=8, block_w=128, quantizes_x=True), 1)
   for name, (xin, prologue) in cases.items():
     pro = prologue(16)
-    q = quantize_rows(xin[:16], pro, rows=16, plane_order=False, interpret=off_gpu())[0]
+    q = quantize_rows(xin[:16], pro, rows=16, layout="natural", interpret=off_gpu())[0]
     q_xla = jax.jit(lambda v, pro: absmax_int8(pro(v, jnp.float32))[0])(xin[:16], pro)
     log(f"prologue {name}: int8 activations differing from XLA's: "
         f"{int(jnp.sum(q != q_xla))} of {q.size}")
@@ -496,7 +496,7 @@ def bench_gemv(shapes, ms, log, prologue="none"):
         if sec is not None:
           res[label + (" (default)" if c == chosen else "")] = sec
       if pro is None:
-        xq, scale, total = quantize_rows(x, rows=m, plane_order=False, interpret=off_gpu())
+        xq, scale, total = quantize_rows(x, rows=m, layout="planes", interpret=off_gpu())
         alone = dataclasses.replace(chosen, quantizes_x=False)
         res["gemv kernel alone (default tiles)"] = timed(
             lambda xq, scale, total, p: gemv_dp4a.matmul(xq, scale, total, p.codes, p.scale,
@@ -639,12 +639,12 @@ def bench_prologue(ms, log):
                RMSNormPrologue(jnp.ones((k,), jnp.float32), 1e-6, x[::-1]))
         sets.append((x, pro))
       res = {"xla_prologue_then_kernel": timed(
-          lambda x, pro: quantize_rows(pro(x, jnp.float32), rows=m, plane_order=False,
+          lambda x, pro: quantize_rows(pro(x, jnp.float32), rows=m, layout="natural",
                                        interpret=interpret)[0], sets, 5e-6)}
       for max_width in (32768, 8192, 4096):
         if max_width == 32768 or max_width < k:  # rows wider than max_width go in chunks
           res[f"fused_w{max_width}"] = timed(
-              lambda x, pro, w=max_width: quantize_rows(x, pro, rows=m, plane_order=False,
+              lambda x, pro, w=max_width: quantize_rows(x, pro, rows=m, layout="natural",
                                                         interpret=interpret, max_width=w)[0],
               sets, 5e-6)
       rows.append(dict(prologue=name, k=k, m=m, **{key: v * 1e6 for key, v in res.items()}))
@@ -663,7 +663,7 @@ def bench_kernel_only(shapes, m, log):
     for quantize_x in (True, False):
       c = config_lib.choose(m, n, ps[0].codes.shape[1] * 4, quantize_x)
       dt = jnp.float32 if c.split_k > 1 else jnp.bfloat16
-      xq, scale = (quantize_rows(x, rows=m, plane_order=False, interpret=not on_gpu)[:2]
+      xq, scale = (quantize_rows(x, rows=m, layout="natural", interpret=not on_gpu)[:2]
                    if quantize_x else (x, None))
       res = {}
       for asm in (True, False)[not on_gpu:]:

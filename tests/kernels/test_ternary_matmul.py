@@ -236,7 +236,7 @@ def test_gemv_dp4a_model_is_the_byte_dot_product():
 
 def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
   """The inline-PTX variant (interpret mode runs jnp instead) lowered to Triton IR on the CPU."""
-  args = [jax.ShapeDtypeStruct((3, 712), jnp.int8), jax.ShapeDtypeStruct((3,), jnp.float32),
+  args = [jax.ShapeDtypeStruct((3, 768), jnp.int8), jax.ShapeDtypeStruct((3,), jnp.float32),
           jax.ShapeDtypeStruct((3,), jnp.int32), jax.ShapeDtypeStruct((96, 192), jnp.uint8),
           jax.ShapeDtypeStruct((96,), jnp.float32)]
   matmul = functools.partial(gemv_dp4a.matmul, config=GemvConfig(block_n=8, block_w=64),
@@ -254,6 +254,11 @@ def test_gemv_lowers_for_the_gpu_and_checks_its_inputs():
                    config=GemvConfig(block_n=16, block_w=4))
   with pytest.raises(ValueError, match="x must be int8"):
     gemv_dp4a.matmul(jnp.zeros((1, 128), jnp.float32), jnp.ones(1), jnp.zeros(1, jnp.int32),
+                     p.codes, p.scale, config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16,
+                     interpret=True)
+  with pytest.raises(ValueError, match=r"\"planes\" layout, \[M, Kp\] with Kp = 128 .* got x "
+                                       r"\(1, 100\)"):
+    gemv_dp4a.matmul(jnp.zeros((1, 100), jnp.int8), jnp.ones(1), jnp.zeros(1, jnp.int32),
                      p.codes, p.scale, config=GemvConfig(block_n=16), out_dtype=jnp.bfloat16,
                      interpret=True)
   with pytest.raises(ValueError, match="x must be float"):

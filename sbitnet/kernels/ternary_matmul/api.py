@@ -164,7 +164,8 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
                                        out_init=out_init)[:, :n]
   row_scale = None
   if quantize_x:
-    x, row_scale, row_sum = quantize_rows(x, prologue, rows=m, plane_order=False,
+    x, row_scale, row_sum = quantize_rows(x, prologue, rows=m,
+                                          layout="planes" if gemv else "natural",
                                           interpret=off_gpu())
   if gemv:
     return gemv_dp4a.matmul(x, row_scale, row_sum, codes, col_scale, config=c,
@@ -198,7 +199,7 @@ def _int8_gemm(x: jax.Array, prologue: Prologue | None, t: jax.Array, col_scale:
                        f"padded to 16 ({n16}), block_m={c.block_m} must be a multiple of 16, "
                        f"block_k={c.block_k} of 32, and split_k={c.split_k} positive.")
     multiples = (c.block_m, 16, c.block_k * c.split_k)
-  xq, row_scale, _ = quantize_rows(x, prologue, rows=m, plane_order=False, interpret=interpret)
+  xq, row_scale, _ = quantize_rows(x, prologue, rows=m, layout="natural", interpret=interpret)
   mp, np_, kp = (_round_up(size, multiple) for size, multiple in zip((m, n, k), multiples))
   xq, t = _pad_to(_pad_to(xq, 1, kp), 0, mp), _pad_to(_pad_to(t, 1, kp), 0, np_)
   row_scale, col_scale = _pad_to(row_scale, 0, mp), _pad_to(col_scale, 0, np_)

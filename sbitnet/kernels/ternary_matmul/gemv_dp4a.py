@@ -13,8 +13,9 @@ offset w (bytes 4w..4w+3) holds in plane q (bits 2q..2q+1 of each byte) the code
 
   acc += dp4a(c_q, x_q)   over the planes q,   c_q = (word >> 2q) & 0x03030303,
 
-where `x_q` is x's word at `32 i + 8 q + w` (the kernel loads x's words as they lie, `x_words`:
-plane q of a step is a `[tiles, 8]` view of them), and the epilogue applies `x @ t = x @ c - sum(x)`
+where `x_q` is x's word of those K rows. `quantize_rows` writes x plane-major (`layout="planes"`),
+so plane q of a step is one contiguous run of x's words, loaded once per program and step and
+broadcast over its code rows, and the epilogue applies `x @ t = x @ c - sum(x)`
 (c = t + 1, exact in int32; sum(x) from `quantize_rows`) and both scales. Per 16 weights: 7
 shift/and instructions, then 4 dp4a per row; no shared memory or MMA layout in between.
 """
@@ -55,14 +56,12 @@ class GemvConfig:
   quantizes_x: bool = False
 
 
-def x_words(xq: jax.Array, kp: int) -> jax.Array:
-  """int8 `[M, K]` (K <= kp, zero-padded to kp) -> int32 `[M, kp / 128, 32]`, the same bytes (a
-  bitcast, no copy where K = kp): entry `[r, i, 8 q + w]` is x row r's word of K rows
-  `128 i + 32 q + 4 w .. + 3` (little-endian bytes), the word the codes' word `8 i + w` meets in
-  plane q."""
-  m, k = xq.shape
-  xq = jnp.pad(xq, ((0, 0), (0, kp - k))).reshape(m, kp // TILE_K, TILE_K // 4, 4)
-  return jax.lax.bitcast_convert_type(xq, jnp.int32)
+def x_plane_words(xq: jax.Array) -> jax.Array:
+  """int8 `[M, Kp]` in `quantize_rows`' "planes" layout -> int32 `[M, 4, Kp / 16]`, the same bytes
+  (a bitcast): entry `[r, q, 8 i + w]` is x row r's word of K rows `128 i + 32 q + 4 w .. + 3`
+  (little-endian bytes), the word the codes' word `8 i + w` meets in plane q."""
+  m, kp = xq.shape
+  return jax.lax.bitcast_convert_type(xq.reshape(m, 4, kp // 16, 4), jnp.int32)
 
 
 def _planes(words: jax.Array, asm: bool) -> list[jax.Array]:
@@ -121,18 +120,15 @@ def _store(o_ref, accs, offsets, row_scales, col_scale) -> None:
 
 
 def _kernel(x_ref, rs_ref, sum_ref, w_ref, cs_ref, o_ref, *, block_w: int, asm: bool):
-  """x_ref: `x_words` `[M, tiles, 32]` of int8 x quantized ahead (`quantize_rows`)."""
-  m, tiles, _ = x_ref.shape
-  tiles_per_step = block_w // PLANE_WORDS
+  """x_ref: `x_plane_words` `[M, 4, Kp / 16]` of int8 x quantized ahead (`quantize_rows`)."""
+  m, _, words = x_ref.shape
 
   def x_words_of(r, s):
-    # Plane q of each tile is x's words 8q .. 8q + 7 of that tile: a strided view, no copy.
-    tile = s * tiles_per_step
-    tile_ok = tile + jax.lax.broadcasted_iota(
-        jnp.int32, (1, tiles_per_step, PLANE_WORDS), 1) < tiles
-    return [pltriton.load(x_ref.at[pl.ds(r, 1), pl.ds(tile, tiles_per_step),
-                                   pl.ds(q * PLANE_WORDS, PLANE_WORDS)],
-                          mask=tile_ok, other=0).reshape(1, block_w) for q in range(4)]
+    # One 1-D load per plane, broadcast over the code rows as it is (no reshape). Indices as
+    # int32 arrays: Pallas does not take Python ints beside a slice here.
+    ok = s * block_w + jax.lax.broadcasted_iota(jnp.int32, (block_w,), 0) < words
+    return [pltriton.load(x_ref.at[jnp.int32(r), jnp.int32(q), pl.ds(s * block_w, block_w)],
+                          mask=ok, other=0)[None, :] for q in range(4)]
 
   accs = _accumulate(w_ref, x_words_of, m, block_w, asm)
   rows = [pl.ds(r, 1) for r in range(m)]
@@ -144,7 +140,7 @@ def _kernel_quantizing(*refs, block_w: int, asm: bool, norm_eps: float | None, r
                        glu: bool):
   """Refs: float x `[M, Kin]`, the residual `[M, K]` (with `residual`), the norm's scale `[K]`
   (with `norm_eps`), codes, column scales, output. Each program quantizes every row itself, bit
-  for bit as `quantize_rows` (natural order) does: the row's statistics (the norm's sum of
+  for bit as `quantize_rows` does: the row's statistics (the norm's sum of
   squares, absmax, the sum of q) from the whole row in registers, then, per step, the values its
   code words meet, read in their natural order, gated (`glu`: `swiglu`, Kin = 2K) or normalized,
   quantized, packed four to a word and sorted into the code planes."""
@@ -214,16 +210,20 @@ def matmul(xq: jax.Array, row_scale: jax.Array, row_sum: jax.Array, codes: jax.A
            asm: bool | None = None, out_init: jax.Array | None = None) -> jax.Array:
   """`(xq @ t) * row_scale[:, None] * col_scale[None, :]` for a few rows.
 
-  xq, row_scale, row_sum: `quantize_rows(x, rows=M, plane_order=False)`: int8 `[M, K]`, float32
+  xq, row_scale, row_sum: `quantize_rows(x, rows=M, layout="planes")`: int8 `[M, Kp]`, float32
   `[M]` and int32 `[M]` (the sum of each row of xq); codes: uint8 `[N, Kp / 4]` (format v2), N a
   multiple of `block_n`; col_scale: float32 `[N]`. Returns `[M, N]` of `out_dtype`.
   asm: inline PTX (default: unless interpreting; interpret mode computes the same in jnp).
   `out_init`, if given, is the output buffer (aliased): tiles the kernel fails to write keep it.
   """
   _check(config, xq, xq.shape[1], codes, int8=True)
+  if xq.shape[1] != codes.shape[1] * 4:
+    raise ValueError(f"the dp4a GEMV takes x in quantize_rows' \"planes\" layout, [M, Kp] with "
+                     f"Kp = {codes.shape[1] * 4} for codes {tuple(codes.shape)}; got x "
+                     f"{tuple(xq.shape)}.")
   kernel = functools.partial(_kernel, block_w=config.block_w,
                              asm=not interpret if asm is None else asm)
-  return _call(kernel, [x_words(xq, codes.shape[1] * 4), row_scale, row_sum], xq.shape[0],
+  return _call(kernel, [x_plane_words(xq), row_scale, row_sum], xq.shape[0],
                codes, col_scale, config, out_dtype, interpret, out_init)
 
 
@@ -232,7 +232,7 @@ def matmul_quantizing(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
                       prologue: RMSNormPrologue | None = None, *, config: GemvConfig, out_dtype,
                       interpret: bool = False, asm: bool | None = None,
                       out_init: jax.Array | None = None) -> jax.Array:
-  """`matmul` of `quantize_rows(x, prologue, rows=M, plane_order=False)` in one kernel: each
+  """`matmul` of `quantize_rows(x, prologue, rows=M, layout="planes")` in one kernel: each
   program quantizes x (after the `prologue`, an RMS norm or SwiGLU, if given) itself, bit for bit
   as `quantize_rows`, so a decode call is one launch instead of two (three with XLA's SwiGLU
   ahead). Every program reads the whole of x (and the residual and norm scale): worth it where K

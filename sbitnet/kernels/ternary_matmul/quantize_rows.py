@@ -6,11 +6,16 @@ pass in float32, `sbitnet.ops.prologue`), bit for bit as `absmax_int8` computes 
   amax = max_k |x[r, k]|,   s = 127 / max(amax, EPS),   q = clip(round(x[r] · s), -128, 127)
   scale[r] = 1 / s,   offset[r] = a sum of q (below)
 
-written in one of two layouts:
-- natural (the Triton-backend kernels): q as `[M, K]`, offset = the sum of q over all of K;
-- plane order (the Mosaic GPU kernel): K zero-padded to a multiple of STEP_K and, within each step
-  of STEP_K rows, column `128q + 32t + j` holding K row `128t + 32q + j` (plane q of format tile
-  t = 0..3), so that plane q of a step's `[n, 128]` code bytes multiplies one contiguous
+written in one of three layouts (`layout`):
+- "natural" (the Triton MMA kernel, the int8 GEMMs): q as `[M, K]`, offset = the sum of q over all
+  of K;
+- "planes" (the dp4a GEMV): K zero-padded to Kp, a multiple of TILE_K, and the row plane-major:
+  column `q · Kp / 4 + 32 t + j` holds K row `128 t + 32 q + j` (plane q of format tile t), so
+  that plane q of any run of code words meets one contiguous run of x's words; offset = the sum of
+  q over all of K;
+- "step_planes" (the Mosaic GPU kernel): K zero-padded to a multiple of STEP_K and, within each
+  step of STEP_K rows, column `128q + 32t + j` holding K row `128t + 32q + j` (plane q of format
+  tile t = 0..3), so that plane q of a step's `[n, 128]` code bytes multiplies one contiguous
   `[M, 128]` block of x; offset = the sum of q over planes 0-2, which multiply c = t + 1 instead
   of t there.
 
@@ -24,6 +29,7 @@ second pass), loading it already in its output order (a gather of 32-element run
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +46,8 @@ from sbitnet.ops.quantizers import EPS
 STEP_K = 4 * TILE_K
 STEP_BYTES = STEP_K // 4
 MAX_WIDTH = 32768  # row columns in registers at once: 64 float32 per thread at 16 warps
+Layout = Literal["natural", "planes", "step_planes"]
+LAYOUTS = ("natural", "planes", "step_planes")
 
 
 def divide_as_xla(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
@@ -134,17 +142,26 @@ def split_norm_refs(refs, norm_eps: float | None, residual: bool):
   return x_ref, res_ref, norm_ref, refs
 
 
-def _source_columns(width: int, plane_order: bool) -> jax.Array:
-  """int32 `[width]`: the K row that output column p holds."""
-  p = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
-  if not plane_order:
+def laid_out_width(k: int, layout: Layout) -> int:
+  """Columns of a row of K values in `layout` (K zero-padded as the layout wants)."""
+  multiple = {"natural": 1, "planes": TILE_K, "step_planes": STEP_K}[layout]
+  return -(-k // multiple) * multiple
+
+
+def _source_columns(p: jax.Array, layout: Layout, out_k: int) -> jax.Array:
+  """int32: the K row that output column p (int32) holds in a row of out_k columns."""
+  if layout == "natural":
     return p
+  if layout == "planes":
+    quarter = out_k // 4
+    plane, within = p // quarter, p % quarter
+    return within // PLANE_ROWS * TILE_K + plane * PLANE_ROWS + within % PLANE_ROWS
   within = p % STEP_K
   plane, tile = within // STEP_BYTES, within % STEP_BYTES // PLANE_ROWS
   return p - within + tile * STEP_BYTES + plane * PLANE_ROWS + p % PLANE_ROWS
 
 
-def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | None,
+def _kernel(*refs, width: int, layout: Layout, asm: bool, norm_eps: float | None,
             residual: bool, glu: bool):
   """Refs: x `[M, Kin]`, the residual `[M, K]` (with `residual`), the norm's scale `[K]` (with
   `norm_eps`), then the outputs. Row values v (the linear's input), float32 as
@@ -157,14 +174,17 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
   k = k_in // 2 if glu else k_in
   chunks = -(-out_k // width)
   real = row < m
-  columns = _source_columns(width, plane_order)
   place = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
-  summed = place % STEP_K < 3 * STEP_BYTES if plane_order else True
+
+  def summed(at):
+    """Which of the chunk's columns from `at` on count in the offset."""
+    return (place + at) % STEP_K < 3 * STEP_BYTES if layout == "step_planes" else True
 
   def load(c):
     """Chunk c of the row in output order before any norm, float32, and its columns."""
-    cols = columns + c * width
-    ok = (cols < k) & real
+    positions = place + c * width
+    cols = _source_columns(positions, layout, out_k)
+    ok = (cols < k) & (positions < out_k) & real
     return load_row(x_ref, res_ref, jnp.minimum(row, m - 1), cols, ok, glu, k), cols, ok
 
   def norm_factor(sum_squares):
@@ -178,7 +198,7 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
     q = quantize(v, s, asm)
     at = c * width
     pltriton.store(q_ref.at[row, pl.ds(at, width)], q.astype(jnp.int8), mask=place + at < out_k)
-    return total + jnp.sum(jnp.where(summed, q, 0))
+    return total + jnp.sum(jnp.where(summed(at), q, 0))
 
   if chunks == 1:  # the whole row stays in registers: x is read once
     raw, cols, ok = load(0)
@@ -204,13 +224,13 @@ def _kernel(*refs, width: int, plane_order: bool, asm: bool, norm_eps: float | N
   pltriton.store(offset_ref.at[pl.ds(row, 1)], offset[None])
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "plane_order", "interpret", "asm",
+@functools.partial(jax.jit, static_argnames=("rows", "layout", "interpret", "asm",
                                              "max_width"))
-def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, plane_order: bool,
+def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, layout: Layout,
                   interpret: bool = False, asm: bool | None = None,
                   max_width: int = MAX_WIDTH) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """x float `[M, Kin]` -> (q int8 `[rows, K]`, or `[rows, Ks]` in plane order (Ks = K rounded up
-  to STEP_K); scale float32 `[rows]`; offset int32 `[rows]`), rows >= M: `q` and `scale` of
+  """x float `[M, Kin]` -> (q int8 `[rows, laid_out_width(K, layout)]`; scale float32 `[rows]`;
+  offset int32 `[rows]`), rows >= M, in the `layout` of the module docstring: `q` and `scale` of
   `absmax_int8(v)` (zero past M) and the offset of the layout (module docstring), where v is x
   (K = Kin) or `prologue(x, jnp.float32)` (`sbitnet.ops.prologue`: an RMS norm with or without a
   residual, K = Kin, or SwiGLU, K = Kin / 2) computed in the same pass. A row of up to
@@ -220,7 +240,9 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
   m, k_in = x.shape
   glu = isinstance(prologue, SwiGLUPrologue)
   k = k_in // 2 if glu else k_in
-  out_k = -(-k // STEP_K) * STEP_K if plane_order else k
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}: quantize_rows writes one of {LAYOUTS}.")
+  out_k = laid_out_width(k, layout)
   if not jnp.issubdtype(x.dtype, jnp.floating) or rows < m or k == 0:
     raise ValueError(f"quantize_rows takes float x [M, K] with K >= 1 and rows >= M, got "
                      f"{x.dtype} {tuple(x.shape)} and rows={rows}.")
@@ -230,7 +252,7 @@ def quantize_rows(x: jax.Array, prologue: Prologue | None = None, *, rows: int, 
     raise ValueError(f"max_width={max_width} must be a power of two >= 1024.")
   inputs, norm_eps, residual = norm_inputs(x, prologue)
   width = row_width(out_k, max_width)
-  kernel = functools.partial(_kernel, width=width, plane_order=plane_order,
+  kernel = functools.partial(_kernel, width=width, layout=layout,
                              asm=not interpret if asm is None else asm, norm_eps=norm_eps,
                              residual=residual, glu=glu)
   whole = pl.BlockSpec(memory_space=pl.ANY)

@@ -217,7 +217,7 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   splits the int32 sums `[split_k, Mp, N]` that add up to `t @ xq.T + offset` (the caller
   finishes).
 
-  x_planes, x_scale, offset: `quantize_rows(x, rows=Mp, plane_order=True)` (Mp from
+  x_planes, x_scale, offset: `quantize_rows(x, rows=Mp, layout="step_planes")` (Mp from
   `config.rows`): int8 `[Mp, Ks]` (Ks: Kp padded to STEP_K), float32 `[Mp]`, int32 `[Mp]`;
   codes: uint8 `[N, Kp / 4]` (format v2; on the GPU the last step's bytes past Kp are TMA's zero
   fill); col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`). `interpret` runs
@@ -264,8 +264,8 @@ def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
   `[N]`. N must be a multiple of the config's CTA rows.
   """
   m = x.shape[0]
-  x_planes, x_scale, off = quantize_rows(x, prologue, rows=config.rows(m)[1], plane_order=True,
-                                        interpret=interpret)
+  x_planes, x_scale, off = quantize_rows(x, prologue, rows=config.rows(m)[1],
+                                        layout="step_planes", interpret=interpret)
   parts = matmul_codes(x_planes, codes, off, x_scale, col_scale, config=config,
                        out_dtype=out_dtype, interpret=interpret)
   if config.split_k == 1:
