@@ -1,6 +1,7 @@
 """How fast Pallas (Triton) streams the packed codes of one layer, by access pattern, beside the
 dp4a GEMV (kernel alone, one row of x quantized ahead) at the same tiles and XLA reading the same
-bytes: the ceiling the GEMV's tiles could reach.
+bytes: the ceiling the GEMV's tiles could reach. (The whole op, with the activation quantization,
+is `benchmarks/kernels.py --part decode` / `--part gemv`.)
 
   python benchmarks/stream_patterns.py [--shape 8k.up] [--out results.json]
 

@@ -22,7 +22,8 @@ written in one of three layouts (`layout`):
 In XLA that is two or three kernels per call (the absmax reduction, the quantization with any
 reordering, the offset reduction), each a launch of a few microseconds at decode sizes; here it is
 one. Each program holds one whole row in registers (up to MAX_WIDTH columns; longer rows take a
-second pass), loading it already in its output order (a gather of 32-element runs). Rows past M
+second pass): "step_planes" loads it already in its output order (a gather of 32-element runs),
+the others in natural order, "planes" scattering the int8 values on the store. Rows past M
 (up to `rows`) come out zero, with scale 0.
 """
 
@@ -148,17 +149,20 @@ def laid_out_width(k: int, layout: Layout) -> int:
   return -(-k // multiple) * multiple
 
 
-def _source_columns(p: jax.Array, layout: Layout, out_k: int) -> jax.Array:
-  """int32: the K row that output column p (int32) holds in a row of out_k columns."""
-  if layout == "natural":
+def _source_columns(p: jax.Array, layout: Layout) -> jax.Array:
+  """int32: the K row whose value a program holds at chunk position p (int32). "planes" holds
+  them in natural order and moves them on the store (`_planes_column`): loads stay contiguous."""
+  if layout != "step_planes":
     return p
-  if layout == "planes":
-    quarter = out_k // 4
-    plane, within = p // quarter, p % quarter
-    return within // PLANE_ROWS * TILE_K + plane * PLANE_ROWS + within % PLANE_ROWS
   within = p % STEP_K
   plane, tile = within // STEP_BYTES, within % STEP_BYTES // PLANE_ROWS
   return p - within + tile * STEP_BYTES + plane * PLANE_ROWS + p % PLANE_ROWS
+
+
+def _planes_column(k_row: jax.Array, out_k: int) -> jax.Array:
+  """int32: the output column of K row `k_row` in the "planes" layout of a row of out_k columns."""
+  tile, plane, j = k_row // TILE_K, k_row % TILE_K // PLANE_ROWS, k_row % PLANE_ROWS
+  return plane * (out_k // 4) + tile * PLANE_ROWS + j
 
 
 def _kernel(*refs, width: int, layout: Layout, asm: bool, norm_eps: float | None,
@@ -181,10 +185,10 @@ def _kernel(*refs, width: int, layout: Layout, asm: bool, norm_eps: float | None
     return (place + at) % STEP_K < 3 * STEP_BYTES if layout == "step_planes" else True
 
   def load(c):
-    """Chunk c of the row in output order before any norm, float32, and its columns."""
-    positions = place + c * width
-    cols = _source_columns(positions, layout, out_k)
-    ok = (cols < k) & (positions < out_k) & real
+    """Chunk c of the row as the program holds it (`_source_columns`) before any norm, float32,
+    and its columns."""
+    cols = _source_columns(place + c * width, layout)
+    ok = (cols < k) & real
     return load_row(x_ref, res_ref, jnp.minimum(row, m - 1), cols, ok, glu, k), cols, ok
 
   def norm_factor(sum_squares):
@@ -197,7 +201,14 @@ def _kernel(*refs, width: int, layout: Layout, asm: bool, norm_eps: float | None
   def store(c, v, total):
     q = quantize(v, s, asm)
     at = c * width
-    pltriton.store(q_ref.at[row, pl.ds(at, width)], q.astype(jnp.int8), mask=place + at < out_k)
+    if layout == "planes":
+      to = place + at
+      # Positions past the row keep distinct columns (masked there, but not aliasing real ones).
+      columns = jnp.where(to < out_k, _planes_column(to, out_k), to)
+      pltriton.store(q_ref.at[row, columns], q.astype(jnp.int8), mask=to < out_k)
+    else:
+      pltriton.store(q_ref.at[row, pl.ds(at, width)], q.astype(jnp.int8),
+                     mask=place + at < out_k)
     return total + jnp.sum(jnp.where(summed(at), q, 0))
 
   if chunks == 1:  # the whole row stays in registers: x is read once
