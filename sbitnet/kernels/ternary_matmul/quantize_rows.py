@@ -30,7 +30,7 @@ the others in natural order, "planes" scattering the int8 values on the store. R
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,7 @@ STEP_K = 4 * TILE_K
 STEP_BYTES = STEP_K // 4
 MAX_WIDTH = 32768  # row columns in registers at once: 64 float32 per thread at 16 warps
 Layout = Literal["natural", "planes", "step_planes"]
-LAYOUTS = ("natural", "planes", "step_planes")
+LAYOUTS = get_args(Layout)
 
 
 def divide_as_xla(a: jax.Array, b: jax.Array, asm: bool) -> jax.Array:
@@ -181,7 +181,7 @@ def _kernel(*refs, width: int, layout: Layout, asm: bool, norm_eps: float | None
   place = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
 
   def summed(at):
-    """Which of the chunk's columns from `at` on count in the offset."""
+    """Which columns of the chunk that starts at output column `at` count in the offset."""
     return (place + at) % STEP_K < 3 * STEP_BYTES if layout == "step_planes" else True
 
   def load(c):
