@@ -130,7 +130,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
             out_init: jax.Array | None, prologue: Prologue | None) -> jax.Array:
   """The 2-bit kernels on x `[m, K]`, quantized per token to int8 first with `quantize_x` (after
   `prologue`, in the same kernel, `quantize_rows`; without `quantize_x` the prologue must be
-  applied already): the dp4a GEMV for int8 activations of one row (`config.gemv_wins`); on
+  applied already): the dp4a GEMV for int8 activations of one or two rows (`config.gemv_wins`); on
   Hopper the Mosaic GPU kernel for int8 activations where it measured faster
   (`config.mgpu_2bit_wins`); otherwise the Triton-backend MMA kernel, which reads x as it is
   (masking rows and columns past the ends)."""
@@ -239,8 +239,8 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
       weight to int8 (or takes `int8_weight`) and runs an int8 GEMM with fused scales (on Hopper
       from 512 rows the Mosaic GPU one, `int8_gemm_mgpu`; otherwise the Triton-backend
       `int8_gemm`); otherwise
-      a 2-bit kernel streams the packed codes: for int8 activations of one row
-      (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), on Hopper for int8 activations where it
+      a 2-bit kernel streams the packed codes: for int8 activations of one or two
+      rows (`config.gemv_wins`) the dp4a GEMV (`gemv_dp4a`), on Hopper for int8 activations where it
       measured faster (`config.mgpu_2bit_wins`) the Mosaic GPU kernel (`two_bit_mgpu`),
       otherwise the Triton-backend MMA kernel (`pallas_triton`).
     config: Pallas tile override (tuning and tests): a `pallas_triton.Config` for the 2-bit

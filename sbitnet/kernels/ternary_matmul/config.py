@@ -6,7 +6,8 @@ N >= WIDE_N: block_n = 256) was the best or within 5 % of it on 8192→28672 and
 with block_n = 256 on the narrower 3B layers: up to 20 % slower, whole op); at M = 64-128
 block_m = 64 with swap-AB (weights as the MMA's M operand), ~224 programs and block_n = 256 on
 N >= WIDE_N (128 below) was best or within 1 % (2-3x the format-v1 kernel). One int8 row goes to
-the dp4a GEMV instead (`gemv_wins`, `choose_gemv`; 1.1-1.4x the MMA kernel at one row). Above
+the dp4a GEMV instead (`gemv_wins`, `choose_gemv`; 1.1-1.4x the MMA kernel at one row), and so
+do two rows. Above
 `two_bit_max_m` int8 activations go to an int8 GEMM: `choose_int8_gemm` and `int8_gemm_wins`
 below (on Hopper the Mosaic GPU kernel, elsewhere the Triton-backend one).
 """
@@ -24,12 +25,12 @@ from sbitnet.kernels.ternary_matmul.two_bit_mgpu import TwoBitMgpuConfig
 # copy is not kept also up to TWO_BIT_MAX_M, where the alternative unpacks the codes every call.
 DECODE_MAX_M = 64
 TWO_BIT_MAX_M = 512
-# Int8 activations of one row go to the dp4a GEMV (`gemv_dp4a`) instead. Two rows went to it too
-# while it read x through an XLA transpose (it won on N = 11008 and 28672 there); reading x's words
-# as they lie (no transpose kernel per call: 7 % faster batch-1 decode) made its two-row case
-# 1.1-1.4x slower than the MMA kernel on 8192x28672 (H200, docs/kernels.md). Rows per program:
+# Int8 activations of one or two rows go to the dp4a GEMV (`gemv_dp4a`) instead. With x plane-major
+# from `quantize_rows` its two-row case beat the MMA kernel on every measured layer (H200, whole
+# op: 8192x28672 25.6 vs 34.4 us, 2048x22016 10.5 vs 13.6, 11008x2048 9.3 vs 11.5; at four rows
+# the Mosaic kernel wins on 8192x28672, 27.2 vs 35.1; docs/kernels.md). Rows per program:
 # GEMV_MAX_ROWS / M at most.
-GEMV_MAX_M = 1
+GEMV_MAX_M = 2
 GEMV_MAX_ROWS = 32
 GEMV_MIN_PROGRAMS = 600
 GEMV_NARROW_N = 4096
@@ -113,7 +114,7 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
   5.5 vs 5.5), four code rows per program in 1024-word steps with 8 warps when k >= GEMV_LONG_K
   (11008→2048: 8.3 vs 9.3 us with one row in 128-word steps, 11.1 with two in 64: more code
   bytes in flight per program), else four in 128-word steps. Code rows per program are powers of
-  two. The dispatcher sends it one row only; more rows are for explicit configs."""
+  two. The dispatcher sends it one or two rows (`gemv_wins`); more are for explicit configs."""
   def rows_at_most(limit: int) -> int:  # a power of two, with GEMV_MAX_ROWS accumulators at most
     return 1 << (max(1, min(limit, GEMV_MAX_ROWS // m)).bit_length() - 1)
 

@@ -3,8 +3,8 @@ cores (`dp4a`), no tensor cores.
 
 At one row a tensor-core dot wastes 15 of its 16 rows, and the 2-bit MMA kernel (`pallas_triton`)
 measured latency-bound well below the read bandwidth; this kernel is 1.1-1.4x faster there (H200,
-docs/kernels.md). Each extra row adds 4 dp4a per word, and the MMA kernel wins from two rows on
-(`config.gemv_wins`).
+docs/kernels.md). Each extra row adds 4 dp4a per word: it still won at two rows, the MMA kernels
+from four (`config.gemv_wins`).
 
 Each program streams `block_n` rows of codes (format v2, read as 32-bit words: 16 weights each) in
 steps of `block_w` words, with every x row held in registers beside them. A word of tile i at word
