@@ -294,7 +294,8 @@ def test_gemv_configs_tile_the_model_shapes(k, n):
 
 def test_dispatcher_takes_the_gemv_where_it_measured_faster():
   """One or two int8 rows (8192x28672: 32 code rows per program at one row, as measured; narrow
-  layers 128-word steps, four rows in 1024-word steps at long K); the MMA kernel from 3 rows."""
+  layers 128-word steps, four rows in 1024-word steps at long K; short narrow rows quantized by
+  the GEMV itself at one row, ahead at two); the MMA kernel from 3 rows."""
   assert config_lib.gemv_wins(1) and config_lib.gemv_wins(2) and not config_lib.gemv_wins(3)
   assert config_lib.choose_gemv(1, 28672, 8192) == GemvConfig(block_n=32, block_w=64)
   assert config_lib.choose_gemv(2, 28672, 8192).block_n == 16
@@ -302,6 +303,7 @@ def test_dispatcher_takes_the_gemv_where_it_measured_faster():
                                                               num_warps=8)
   assert config_lib.choose_gemv(1, 2560, 2048) == GemvConfig(block_n=16, block_w=128,
                                                              quantizes_x=True)
+  assert config_lib.choose_gemv(2, 2560, 2048) == GemvConfig(block_n=4, block_w=64)
   assert not config_lib.choose_gemv(1, 22016, 2048).quantizes_x
   assert not config_lib.choose_gemv(1, 28672, 8192).quantizes_x
 

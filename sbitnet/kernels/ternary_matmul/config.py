@@ -109,9 +109,10 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
   32 / m: the accumulators grow with both) that still leave GEMV_MIN_PROGRAMS programs
   (8192→28672 32 rows, 896 programs; 2048→11008 16, 688), 64-word steps, and at least 128 words
   per step (one per thread of the 4 warps). Narrow layers (n <= GEMV_NARROW_N): 128-word steps;
-  up to k = GEMV_QUANTIZING_MAX_K the kernel that quantizes x itself with 16 code rows per
-  program (2048→2048 4.0 vs 4.6 us, with the pre-norm 5.1 vs 5.3; 2048→2560 with the pre-norm
-  5.5 vs 5.5), four code rows per program in 1024-word steps with 8 warps when k >= GEMV_LONG_K
+  up to k = GEMV_QUANTIZING_MAX_K, at one row, the kernel that quantizes x itself with 16 code
+  rows per program (2048→2048 4.0 vs 4.6 us, with the pre-norm 5.1 vs 5.3; 2048→2560 with the
+  pre-norm 5.5 vs 5.5), at two rows x quantized ahead and four code rows in 64-word steps
+  (4.8 vs 5.3-5.7 us quantizing), four code rows per program in 1024-word steps with 8 warps when k >= GEMV_LONG_K
   (11008→2048: 8.3 vs 9.3 us with one row in 128-word steps, 11.1 with two in 64: more code
   bytes in flight per program), else four in 128-word steps. Code rows per program are powers of
   two. The dispatcher sends it one or two rows (`gemv_wins`); more are for explicit configs."""
@@ -119,6 +120,8 @@ def choose_gemv(m: int, n: int, k: int) -> GemvConfig:
     return 1 << (max(1, min(limit, GEMV_MAX_ROWS // m)).bit_length() - 1)
 
   if n <= GEMV_NARROW_N and k <= GEMV_QUANTIZING_MAX_K:
+    if m > 1:
+      return GemvConfig(block_n=rows_at_most(4), block_w=64, num_warps=4)
     return GemvConfig(block_n=rows_at_most(GEMV_QUANTIZING_ROWS), block_w=128, num_warps=4,
                       quantizes_x=True)
   if n <= GEMV_NARROW_N:
