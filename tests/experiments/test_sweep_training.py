@@ -1,6 +1,7 @@
 """A real two-run sweep of tiny trainings through the local backend: one run interrupted first
 (--stop_at) is resumed, the other trained; a second sweep skips both; the analysis of the root
-shows exactly what their metrics.jsonl say. One test, so the trainings run once."""
+shows exactly what their metrics.jsonl say. One test, so the trainings run once; the listing and
+the second sweep run in this process (the CLI's dry run is tested in test_sweep.py)."""
 
 import os
 
@@ -13,22 +14,22 @@ from tests.train.helpers import TINY
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_sweep_resumes_skips_and_analyzes(tmp_path):
+def test_sweep_resumes_skips_and_analyzes(tmp_path, capsys):
   root = str(tmp_path / "root")
   # stats every step: the resumed run logs a flip rate (the first snapshot after a resume has none)
   sets = tiny_sets(str(tmp_path / "cache")) + ["--set=train.stats_every=1"]
   flags = [f"--experiment={TWO_RUNS}", "--scale=cpu", f"--root={root}", "--gpus=0", *sets]
-  dense, sparse = sweep.expand(TWO_RUNS, "cpu", root, sweep.parse_overrides(
-      [s.removeprefix("--set=") for s in sets]))
+  overrides = sweep.parse_overrides([s.removeprefix("--set=") for s in sets])
+  dense, sparse = sweep.expand(TWO_RUNS, "cpu", root, overrides)
   steps = TINY["train.steps"]
 
   # An interrupted run: the sweep's own command, stopped after step 2.
   os.makedirs(sparse.workdir)
   first = run_module(*sparse.command[2:], "--stop_at=2")
   assert first.returncode == 0, first.stderr[-3000:]
-  listed = run_module("launch.sweep", *flags, "--dry-run")
-  assert "nm_sweep-bf16-0of0: new" in listed.stdout
-  assert f"nm_sweep-bf16-6of8: partial at step 2/{steps}" in listed.stdout
+  listed = sweep.listing(sweep.expand(TWO_RUNS, "cpu", root, overrides))  # what --dry-run prints
+  assert "nm_sweep-bf16-0of0: new" in listed
+  assert f"nm_sweep-bf16-6of8: partial at step 2/{steps}" in listed
 
   out = run_module("launch.sweep", *flags)
   assert out.returncode == 0, out.stdout + out.stderr
@@ -43,10 +44,10 @@ def test_sweep_resumes_skips_and_analyzes(tmp_path):
   logged = {r.workdir: open(os.path.join(r.workdir, "metrics.jsonl")).read()
             for r in (dense, sparse)}
 
-  again = run_module("launch.sweep", *flags)
-  assert again.returncode == 0, again.stderr
-  assert again.stdout.splitlines() == [f"skip nm_sweep-bf16-0of0: done ({dense.workdir})",
-                                       f"skip nm_sweep-bf16-6of8: done ({sparse.workdir})"]
+  assert sweep.run_local(sweep.expand(TWO_RUNS, "cpu", root, overrides), [], 1) == 0  # run again
+  assert capsys.readouterr().out.splitlines() == [
+      f"skip nm_sweep-bf16-0of0: done ({dense.workdir})",
+      f"skip nm_sweep-bf16-6of8: done ({sparse.workdir})"]
   assert {w: open(os.path.join(w, "metrics.jsonl")).read() for w in logged} == logged
 
   report = analyze(root)

@@ -1,4 +1,4 @@
-"""Fixtures: a tiny Sparse BitNet run trained by the test, its packed checkpoint, and oracles."""
+"""Fixtures: the tiny Sparse BitNet run of tests/conftest.py, its packed checkpoint, and oracles."""
 
 import jax
 import jax.numpy as jnp
@@ -7,16 +7,12 @@ import pytest
 
 from sbitnet.infer.export import pack_model, save_packed
 from sbitnet.restore import load_run
-from tests.train.helpers import cli_flags, run_cli
 
 
 @pytest.fixture(scope="session")
-def workdir(tmp_path_factory):
+def workdir(default_run):
   """A 6:8 Sparse BitNet run (the default arm) of the shared tiny config, trained for 4 steps."""
-  root = tmp_path_factory.mktemp("infer_run")
-  result = run_cli("sbitnet.train", f"--workdir={root / 'run'}", *cli_flags(str(root / "cache")))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return str(root / "run")
+  return default_run[0]
 
 
 @pytest.fixture(scope="session")

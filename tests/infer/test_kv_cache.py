@@ -19,18 +19,21 @@ def model(request, loaded, packed):
 
 
 def test_prefill_and_decode_logits_match_full_forward(model, prompts):
+  """`prefill` then `decode_step` (jitted, as Generator runs them) give the full forward pass's
+  logits at each prompt's last token and at every token decoded after it."""
   lengths = np.asarray([len(p) for p in prompts], np.int32)
   width = bucket(int(lengths.max()))
   tokens = np.zeros((len(prompts), width), np.int32)
   for row, prompt in enumerate(prompts):
     tokens[row, :len(prompt)] = prompt
-  logits, cache = prefill(model, jnp.asarray(tokens), jnp.asarray(lengths),
-                          width + len(CONTINUATION))
+  logits, cache = jax.jit(prefill, static_argnums=3)(
+      model, jnp.asarray(tokens), jnp.asarray(lengths), width + len(CONTINUATION))
+  decode = jax.jit(decode_step)
   expected = [full_logits(model, list(p) + CONTINUATION) for p in prompts]
   for step, token in enumerate(CONTINUATION):
     for row, prompt in enumerate(prompts):
       assert_close(logits[row], expected[row][len(prompt) + step - 1])
-    logits, cache = decode_step(model, jnp.full((len(prompts),), token, jnp.int32), cache)
+    logits, cache = decode(model, jnp.full((len(prompts),), token, jnp.int32), cache)
   np.testing.assert_array_equal(cache.lengths, lengths + len(CONTINUATION))
 
 
@@ -56,8 +59,7 @@ def test_unstacked_model_equals_stacked(model, prompts):
   """One module per layer (what Generator runs) computes what the scanned stack computes."""
   unstacked = model.unstacked()
   assert len(unstacked.blocks) == model.model_cfg.n_layers
-  tokens = jnp.asarray([prompts[1]])
-  assert_close(unstacked(tokens), model(tokens), tol=1e-5)
+  assert_close(full_logits(unstacked, prompts[1]), full_logits(model, prompts[1]), tol=1e-5)
   assert unstacked.unstacked() is unstacked
 
 

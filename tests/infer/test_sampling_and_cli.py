@@ -34,7 +34,8 @@ def test_sampling_is_seeded(generator, prompts):
 
 def test_top_k_keeps_the_k_most_likely(packed, generator, prompts):
   """With top_k=2 every sampled first token is one of the two largest logits."""
-  logits, _ = prefill(packed, jnp.asarray([prompts[0]]), jnp.asarray([len(prompts[0])]), 32)
+  logits, _ = jax.jit(prefill, static_argnums=3)(packed, jnp.asarray([prompts[0]]),
+                                                 jnp.asarray([len(prompts[0])]), 32)
   top2 = set(np.argsort(np.asarray(logits[0]))[-2:].tolist())
   firsts = {generator.generate(prompts[:1], 1, key=jax.random.key(s), temperature=5.0,
                                top_k=2)[0][0] for s in range(12)}

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -26,7 +27,13 @@ def _hf_tensors(directory):
 
 
 def _logits(workdir):
-  return np.asarray(load_run(workdir).model(TOKENS[None]))[0]
+  """The run's logits for TOKENS, from its model compiled whole (op by op takes longer)."""
+  return np.asarray(_forward(load_run(workdir).model, TOKENS[None]))[0]
+
+
+@jax.jit
+def _forward(model, tokens):
+  return model(tokens)
 
 
 @pytest.mark.parametrize("arch,tie,shards", [("Qwen2ForCausalLM", False, 1),

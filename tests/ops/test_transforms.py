@@ -46,8 +46,10 @@ def test_scan_over_layers_and_checkpoint():
       h = jnp.tanh(bitlinear(h, ws[i], 2, 4))
     return jnp.sum(h)
 
-  np.testing.assert_allclose(scanned(ws), unrolled(ws), rtol=1e-5)
-  np.testing.assert_allclose(jax.grad(scanned)(ws), jax.grad(unrolled)(ws), rtol=1e-4, atol=1e-7)
+  # jitted (compiled whole, not op by op); test_jit_and_grad_match_eager checks the eager ops
+  np.testing.assert_allclose(jax.jit(scanned)(ws), jax.jit(unrolled)(ws), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(jax.grad(scanned))(ws), jax.jit(jax.grad(unrolled))(ws),
+                             rtol=1e-4, atol=1e-7)
 
 
 def test_shard_map_with_global_gamma():

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 
 import pytest
 
@@ -16,17 +18,9 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-# By default the default arm and the dense baseline; the two in between under -m slow.
-@pytest.mark.parametrize("arm", [pytest.param(arm, marks=pytest.mark.slow)
-                                 if arm in ("sparse_bf16", "dense_bitnet") else arm
-                                 for arm in ARMS])
-def test_pulse_each_arm(arm, tmp_path):
-  weights, n, m = ARMS[arm]
-  workdir = tmp_path / arm
-  result = run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(
-      str(tmp_path / "cache"), **{"quant.weights": weights, "sparsity.n": n, "sparsity.m": m}))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "validation PPL" in result.stdout and "curves.png" in result.stdout
+def check_run(workdir, stdout, weights, n, m):
+  """What a finished training run of an arm leaves: its summary, metrics, config and plot."""
+  assert "validation PPL" in stdout and "curves.png" in stdout
   records = read_metrics(workdir)
   losses = [r["loss"] for r in records if "loss" in r]
   assert len(losses) == 2 and all(l > 0 for l in losses)
@@ -40,13 +34,32 @@ def test_pulse_each_arm(arm, tmp_path):
   saved = json.load(open(workdir / "config.json"))
   assert saved["config"]["sparsity"]["n"] == n and "sbitnet_version" in saved
   assert (workdir / "curves.png").stat().st_size > 0
-  if arm == "sparse_bitnet":
-    evaluated = run_cli("sbitnet.eval", f"--workdir={workdir}")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert "step 4: val_loss" in evaluated.stdout
-    sampled = run_cli("sbitnet.sample", f"--workdir={workdir}", "--max_new_tokens=8",
-                      "--prompt=import ")
-    assert sampled.returncode == 0 and sampled.stdout.startswith("import "), sampled.stderr[-3000:]
+
+
+def test_default_arm_trains_evaluates_and_samples(default_run):
+  """The default arm (sparse_bitnet: the shared run of tests/conftest.py), then eval and sample
+  on its workdir."""
+  workdir, stdout = default_run
+  check_run(pathlib.Path(workdir), stdout, *ARMS["sparse_bitnet"])
+  evaluated = run_cli("sbitnet.eval", f"--workdir={workdir}")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "step 4: val_loss" in evaluated.stdout
+  sampled = run_cli("sbitnet.sample", f"--workdir={workdir}", "--max_new_tokens=8",
+                    "--prompt=import ")
+  assert sampled.returncode == 0 and sampled.stdout.startswith("import "), sampled.stderr[-3000:]
+
+
+# The other arms: by default the dense baseline; the two in between under -m slow.
+@pytest.mark.parametrize("arm", [pytest.param(arm, marks=pytest.mark.slow)
+                                 if arm in ("sparse_bf16", "dense_bitnet") else arm
+                                 for arm in ARMS if arm != "sparse_bitnet"])
+def test_pulse_each_arm(arm, tmp_path):
+  weights, n, m = ARMS[arm]
+  workdir = tmp_path / arm
+  result = run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(
+      str(tmp_path / "cache"), **{"quant.weights": weights, "sparsity.n": n, "sparsity.m": m}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  check_run(workdir, result.stdout, weights, n, m)
 
 
 def test_dense_to_sparse_switches_half_way(tmp_path):
@@ -78,10 +91,16 @@ def test_bad_input_is_one_clear_error(flags, message, tmp_path):
   assert not workdir.exists()
 
 
-def test_incompatible_checkpoint_is_refused_and_workdir_untouched(tmp_path):
+def trained_copy(default_run, tmp_path):
+  """A copy of the shared default-arm run (tests/conftest.py), to be changed by the test."""
   workdir = tmp_path / "run"
+  shutil.copytree(default_run[0], workdir)
+  return workdir
+
+
+def test_incompatible_checkpoint_is_refused_and_workdir_untouched(default_run, tmp_path):
+  workdir = trained_copy(default_run, tmp_path)
   cache = str(tmp_path / "cache")
-  assert run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(cache)).returncode == 0
   before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
   result = run_cli("sbitnet.train", f"--workdir={workdir}",
                    *cli_flags(cache, **{"model.d_model": 128, "train.steps": 8}))
@@ -90,10 +109,9 @@ def test_incompatible_checkpoint_is_refused_and_workdir_untouched(tmp_path):
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
-def test_corrupt_checkpoint_is_one_clear_error_and_workdir_untouched(tmp_path):
-  workdir = tmp_path / "run"
+def test_corrupt_checkpoint_is_one_clear_error_and_workdir_untouched(default_run, tmp_path):
+  workdir = trained_copy(default_run, tmp_path)
   cache = str(tmp_path / "cache")
-  assert run_cli("sbitnet.train", f"--workdir={workdir}", *cli_flags(cache)).returncode == 0
   data_file = sorted((workdir / "checkpoints" / "4" / "params" / "d").iterdir())[0]
   data_file.write_bytes(b"not a checkpoint")
   before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
