@@ -24,12 +24,12 @@ def test_grad_accumulation_matches_one_batch(tmp_path):
   graphdef, state, _ = create_train_state(
       lambda: DecoderLM(cfg, model_cfg, rngs=nnx.Rngs(0)), optimizer, mesh)
 
-  def step(accum):
+  def train_once(accum):
     return jax.jit(make_train_step(graphdef, optimizer, schedules.learning_rate(cfg.train), accum,
                                    cfg.train.loss_chunk))(state, batch)
 
   # 4 micro-batches of 2 rows against 1 of 8: the scan runs the same code for any other count
-  (ref_state, ref_metrics), (accum_state, metrics) = step(1), step(4)
+  (ref_state, ref_metrics), (accum_state, metrics) = train_once(1), train_once(4)
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-4)
   for a, b in zip(jax.tree.leaves(accum_state.params), jax.tree.leaves(ref_state.params)):
