@@ -2,7 +2,8 @@
 
   python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|
                                        prologue|all]
-                               [--shapes a,b] [--ms 1,16] [--skip-checks] [--tag name] [--profile]
+                               [--shapes a,b] [--ms 1,16] [--impls a,b] [--skip-checks] [--tag name]
+                               [--profile]
 
 decode/large: the implementations side by side per shape and M; sweep: the Pallas kernel over
 tile configs (each checked against XLA first); gemv: the dp4a GEMV over tile configs at one or
@@ -245,7 +246,8 @@ def _poison_for(m, k, n, quantize_x):
 
 # ---------------------------------------------------------------- timings
 
-def bench_matmul(name, k, n, ms, log, peaks, profile=False):
+def bench_matmul(name, k, n, ms, log, peaks, profile=False, only=None):
+  """Every implementation of one layer shape at each M (`only`: these implementation names)."""
   rows = []
   t, gamma = _ternary(jax.random.key(k * 7 + n), k, n)
   p = pack(t, gamma)
@@ -308,6 +310,8 @@ def bench_matmul(name, k, n, ms, log, peaks, profile=False):
           [(x, q) for q in ps])
     res = {}
     for impl, (fn, sets) in impls.items():
+      if only and impl not in only:
+        continue
       try:
         res[impl] = timed(fn, sets, est)
       except Exception as e:  # a failing variant is reported, the rest still run
@@ -790,6 +794,9 @@ def main():
                   help="gemv: every call after the pre-norm with its residual, or SwiGLU")
   ap.add_argument("--profile", action="store_true",
                   help="decode, large: trace the int8 call and the bf16 GEMM, list their kernels")
+  ap.add_argument("--impls", default="",
+                  help="decode, large: time only these implementations (comma-separated, e.g. "
+                       "xla_bf16,xla_int8,pallas_bf16,pallas_int8,pallas_int8_kept; default all)")
   args = ap.parse_args()
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
@@ -834,7 +841,8 @@ def main():
     ms = [int(v) for v in args.ms.split(",")] if args.ms else ms
     rows = []
     for name, k, n in shapes:
-      rows += bench_matmul(name, k, n, ms, log, peaks, args.profile)
+      rows += bench_matmul(name, k, n, ms, log, peaks, args.profile,
+                           only=set(args.impls.split(",")) - {""})
     result["matmul"] = rows
   if args.part in ("fused", "all"):
     result["fused"] = bench_fused(log)
