@@ -85,12 +85,13 @@ def ternary_of(w_eff: jax.Array, split: tuple[int, ...] | None
 
 @functools.partial(jax.jit, static_argnums=1)
 def _pack_stacked(w_eff: jax.Array, split: tuple[int, ...] | None):
-  """`[layers, in, out]` effective weights -> (codes, scale) stacked over layers, all exact."""
+  """`[layers, in, out]` effective weights -> (codes, scale) stacked over layers, all exact; one
+  layer at a time (`lax.map`: peak memory of one layer's intermediates)."""
   def one(w):
     t, gamma, exact = ternary_of(w, split)
     p = kernels.pack(t, gamma, split)
     return p.codes, p.scale, exact
-  codes, scale, exact = jax.vmap(one)(w_eff)
+  codes, scale, exact = jax.lax.map(one, w_eff)
   return codes, scale, jnp.all(exact)
 
 
