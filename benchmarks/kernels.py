@@ -63,6 +63,10 @@ SHAPES = [
     ("8k.up", 8192, 28672),
 ]
 DECODE_MS = (1, 4, 16, 64)
+# The implementations `bench_matmul` times (each at the M where it applies).
+MATMUL_IMPLS = ("xla_bf16", "xla_int8", "pallas_bf16", "pallas_int8", "ternary_xla_fused",
+                "pallas_int8_mma", "ternary_xla_int8", "pallas_int8_kept",
+                "pallas_unpack_int8gemm", "pallas_2bit_int8")
 LARGE_MS = (256, 2048, 16384)
 ROTATE_BYTES = 160e6  # working set per timed loop (H100 L2 is 50 MB)
 MAX_COPIES = 24
@@ -798,6 +802,10 @@ def main():
                   help="decode, large: time only these implementations (comma-separated, e.g. "
                        "xla_bf16,xla_int8,pallas_bf16,pallas_int8,pallas_int8_kept; default all)")
   args = ap.parse_args()
+  unknown = set(args.impls.split(",")) - {""} - set(MATMUL_IMPLS)
+  if unknown:
+    ap.error(f"--impls: unknown implementation(s) {sorted(unknown)}; valid: "
+             f"{', '.join(MATMUL_IMPLS)}")
   out_dir = os.environ.get("OUT", "out")
   os.makedirs(out_dir, exist_ok=True)
   tag = args.tag or args.part

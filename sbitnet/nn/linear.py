@@ -52,7 +52,7 @@ class SparseBitLinear(nnx.Module):
   def effective_weight(self) -> jax.Array:
     """`W_eff` shaped like the kernel (`[in, out]`, or `[layers, in, out]` when stacked by
     `nnx.vmap`) in the kernel's dtype, with the layer's straight-through gradient."""
-    return _per_matrix(_effective_weight, self.spec, self.kernel[...])
+    return _per_matrix(apply_weight_spec, self.spec, self.kernel[...])
 
   def mask(self) -> jax.Array | None:
     """The current N:M keep-mask of the latent kernel (no gradient), or None when dense.
@@ -83,11 +83,7 @@ class SparseBitLinear(nnx.Module):
     return y
 
 
-def _effective_weight(spec: WeightSpec, kernel: jax.Array) -> jax.Array:
-  return apply_weight_spec(kernel, spec)
-
-
-def _mask(spec: WeightSpec, kernel: jax.Array) -> jax.Array:
+def _mask(kernel: jax.Array, spec: WeightSpec) -> jax.Array:
   if spec.mask_from == "quantized":
     kernel = absmean_ternary(kernel, spec.split)[0]
   return nm_mask(kernel, spec.n, spec.m, 0)
@@ -95,11 +91,11 @@ def _mask(spec: WeightSpec, kernel: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _per_matrix(fn, spec: WeightSpec, kernel: jax.Array) -> jax.Array:
-  """`fn(spec, w)` of each trailing `[in, out]` matrix w of `kernel`, as one jitted computation:
+  """`fn(w, spec)` of each trailing `[in, out]` matrix w of `kernel`, as one jitted computation:
   called outside jit (export, checkpoint conversion) it runs fused by XLA rather than op by op,
   where a stacked 3B model's N:M ranking alone materialized 8 bytes per weight and did not fit an
   80 GB H100 beside the model."""
-  fn = functools.partial(fn, spec)
+  per_matrix = lambda w: fn(w, spec)
   for _ in range(kernel.ndim - 2):
-    fn = jax.vmap(fn)
-  return fn(kernel)
+    per_matrix = jax.vmap(per_matrix)
+  return per_matrix(kernel)
