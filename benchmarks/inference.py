@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kernels import measure_read_bandwidth  # benchmarks/kernels.py, beside this script
 from profiling import device_time_summary  # benchmarks/profiling.py, beside this script
 from sbitnet.config import Config, ModelConfig, resolved_model
 from sbitnet.infer.export import materialize_int8, pack_model
@@ -46,7 +47,6 @@ from sbitnet.models import DecoderLM
 from sbitnet.nn import KVCache
 
 VOCAB = 151936
-READ_BANDWIDTH = 4.45e12  # bytes/s, H200 1 GiB read measured in docs/kernels.md
 LOGITS_REL_ERR_BOUND = 0.25  # check_packed
 
 
@@ -112,7 +112,7 @@ def bench_prefill(model: DecoderLM, tokens: int, repeats: int) -> dict:
 
 
 def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats: int,
-                 profile: bool = False) -> dict:
+                 read_bandwidth: float, profile: bool = False) -> dict:
   mc = model.model_cfg
   graphdef, state = nnx.split(model)
   fn = jax.jit(lambda state, logits, cache, key: decode(nnx.merge(graphdef, state), logits, cache,
@@ -143,7 +143,7 @@ def bench_decode(model: DecoderLM, batch: int, context: int, steps: int, repeats
   return {"tokens_per_s": batch * steps / seconds, "step_ms": 1e3 * seconds / steps,
           "compile_s": first, "bytes_per_step": step_bytes,
           "achieved_TBps": step_bytes / (seconds / steps) / 1e12,
-          "bandwidth_bound_tokens_per_s": batch / (step_bytes / READ_BANDWIDTH),
+          "bandwidth_bound_tokens_per_s": batch / (step_bytes / read_bandwidth),
           **({"profile": trace} if trace else {})}
 
 
@@ -190,7 +190,8 @@ def main() -> None:
   log = os.path.join(args.out, "inference.jsonl")
   header = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
             "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-            "preset": args.preset, "context": args.context, "steps": args.steps}
+            "preset": args.preset, "context": args.context, "steps": args.steps,
+            "read_TBps": measure_read_bandwidth()}
   models, _ = build_models(args.preset)
   header["state_bytes"] = {name: state_bytes(m) for name, m in models.items()}
   print(json.dumps(header), flush=True)
@@ -214,7 +215,8 @@ def main() -> None:
         continue  # the int8 weights serve only calls over DECODE_MAX_M rows
       try:
         r = (bench_prefill(model, size, args.repeats) if kind == "prefill" else
-             bench_decode(model, size, args.context, args.steps, args.repeats, args.profile))
+             bench_decode(model, size, args.context, args.steps, args.repeats,
+                          header["read_TBps"] * 1e12, args.profile))
       except Exception as e:  # noqa: BLE001  (out of memory at the largest sizes: report, go on)
         r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
       r.update(kind=kind, size=size, model=name)
