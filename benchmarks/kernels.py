@@ -1,7 +1,7 @@
 """Benchmark of the packed ternary kernels on one GPU: correctness checks first, then timings.
 
   python benchmarks/kernels.py [--part decode|large|sweep|gemv|mgpu2bit|ceiling|fused|int8gemm|
-                                       prologue|all]
+                                       prologue|waves|all]
                                [--shapes a,b] [--ms 1,16] [--impls a,b] [--skip-checks] [--tag name]
                                [--profile]
 
@@ -11,7 +11,8 @@ more rows beside the MMA kernel (each checked against XLA first); ceiling: a ker
 the packed bytes at the same tilings, and the Pallas call alone (inline-PTX vs jnp decode) vs the whole op;
 int8gemm: the Pallas int8 GEMMs with fused scales (Mosaic GPU and Triton backends; kept int8
 weights) over tile configs, each checked against XLA first, beside XLA's int8 and bf16 GEMMs;
-prologue: activation quantization with the pre-norm or SwiGLU fused in, against XLA computing it.
+prologue: activation quantization with the pre-norm or SwiGLU fused in, against XLA computing it;
+waves (not in all): the Mosaic GPU 2-bit kernel's streaming rate against its CTA count.
 --profile (decode, large): also traces the dispatcher's int8 call (pallas_int8) and XLA's bf16
 GEMM and lists their kernels with their GPU time.
 
@@ -525,7 +526,8 @@ def bench_gemv(shapes, ms, log, prologue="none"):
 def mgpu_2bit_candidates(m, k, n):
   """Tile configs of the Mosaic GPU 2-bit kernel for one problem: one or two warpgroups of 64 or
   128 code rows (128 only while the four accumulators fit: M <= 32), each without a K split and
-  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), and 3 or 5 stages unsplit."""
+  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), 3 or 5 stages unsplit, and
+  the stream-K schedule over the most CTAs it fits, up to one per SM (one x row tile)."""
   M = two_bit_mgpu.TwoBitMgpuConfig
   steps = -(-padded_rows(k) // two_bit_mgpu.STEP_K)
   m_tiles = -(-m // two_bit_mgpu.MAX_TILE_M)
@@ -538,6 +540,10 @@ def mgpu_2bit_candidates(m, k, n):
                          steps) for target in (132, 264)}
     cands += [M(tile_n=tile_n, warpgroups=wgs, split_k=s) for s in sorted(splits)]
     cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st) for st in (3, 5)]
+    stream = next((c for c in range(jax.devices()[0].core_count if not off_gpu() else 8, 1, -1)
+                   if two_bit_mgpu.stream_schedule(n // (tile_n * wgs), steps, c)), None)
+    if stream and m_tiles == 1:
+      cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st, stream_ctas=stream) for st in (3, 4)]
   return cands
 
 
@@ -567,7 +573,8 @@ def _short(c):
   if isinstance(c, (int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig)):
     return _short_gemm(c)
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
-    return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
+    return (f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
+            + (f" streamk{c.stream_ctas}" if c.stream_ctas else ""))
   if isinstance(c, gemv_dp4a.GemvConfig):
     quantizing = " quantizing" if c.quantizes_x else ""
     return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}{quantizing}"
@@ -624,6 +631,47 @@ def bench_ceiling(shapes, log, peaks):
           rows.append(dict(shape=name, block_n=bn, bytes_per_step=rw, split_k=split, us=sec * 1e6,
                            bw_frac=frac))
           log(f"  ceiling {name:8s} bn{bn} bytes{rw} split{split}: {sec * 1e6:7.1f}us "
+              f"{nbytes / sec / 1e12:.2f} TB/s ({frac:.2f} of read BW)")
+  return rows
+
+
+WAVE_CTAS = (66, 112, 128, 132, 198, 264)
+
+
+def bench_waves(ms, log, peaks, k=8192):
+  """How the Mosaic GPU 2-bit kernel's streaming rate depends on its CTA count: K = 8192 and
+  N = ctas · 256 (the 8192×28672 config, two warpgroups of 128 code rows: 28672 is 112 CTAs on
+  132 SMs), random codes, x quantized ahead; the kernel alone and the whole op, at 3 and 4
+  stages. Per-SM-bound streaming would show packed TB/s growing with the CTAs up to 132."""
+  rows = []
+  interpret = off_gpu()
+  for m in ms:
+    x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    for ctas in WAVE_CTAS:
+      n = ctas * 256
+      fields = jax.random.randint(jax.random.key(ctas), (copies(n * k // 4), n, k // 4, 4), 0, 3,
+                                  jnp.uint8)
+      codes = list(fields[..., 0] | fields[..., 1] << 2 | fields[..., 2] << 4 | fields[..., 3] << 6)
+      del fields
+      col_scale = jnp.ones((n,), jnp.float32)
+      nbytes = codes[0].nbytes + col_scale.nbytes
+      for stages in (3, 4):
+        c = two_bit_mgpu.TwoBitMgpuConfig(tile_n=128, warpgroups=2, stages=stages)
+        xq, xs, off = quantize_rows(x, rows=c.rows(m)[1], layout="step_planes",
+                                    interpret=interpret)
+        res = {"kernel": timed(
+            lambda xq, w: two_bit_mgpu.matmul_codes(xq, w, off, xs, col_scale, config=c,
+                                                    out_dtype=jnp.bfloat16, interpret=interpret),
+            [(xq, w) for w in codes], nbytes / 3e12),
+            "whole_op": timed(
+            lambda x, w: two_bit_mgpu.matmul(x, w, col_scale, config=c, out_dtype=jnp.bfloat16,
+                                             interpret=interpret),
+            [(x, w) for w in codes], nbytes / 3e12)}
+        for what, sec in res.items():
+          frac = nbytes / sec / 1e12 / peaks["read_tb_s"]
+          rows.append(dict(m=m, k=k, n=n, ctas=ctas, stages=stages, what=what, us=sec * 1e6,
+                           packed_tb_s=nbytes / sec / 1e12, bw_frac=frac))
+          log(f"  waves m={m} ctas={ctas:3d} n={n} s{stages} {what:8s}: {sec * 1e6:7.1f}us "
               f"{nbytes / sec / 1e12:.2f} TB/s ({frac:.2f} of read BW)")
   return rows
 
@@ -789,7 +837,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all",
                   choices=("decode", "large", "fused", "sweep", "gemv", "mgpu2bit", "ceiling",
-                           "kernelonly", "int8gemm", "prologue", "all"))
+                           "kernelonly", "int8gemm", "prologue", "waves", "all"))
   ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
   ap.add_argument("--ms", default="", help="comma-separated M values (default: by part)")
   ap.add_argument("--skip-checks", action="store_true")
@@ -854,6 +902,9 @@ def main():
     result["matmul"] = rows
   if args.part in ("fused", "all"):
     result["fused"] = bench_fused(log)
+  if args.part == "waves":
+    result["waves"] = bench_waves([int(v) for v in args.ms.split(",")] if args.ms else (16,),
+                                  log, peaks)
   if args.part in ("prologue", "all"):
     ms = [int(v) for v in args.ms.split(",")] if args.ms else (1, 16, 128)
     result["prologue"] = bench_prologue(ms, log)
