@@ -329,10 +329,11 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
                      f"{x_planes.dtype} {tuple(x_planes.shape)} and {codes.dtype} "
                      f"{tuple(codes.shape)}.")
   check_tiles(mp, n, kp, config)
-  if (config.stream_ctas and jax.default_backend() == "gpu"
-      and config.stream_ctas > jax.devices()[0].core_count):
-    raise ValueError(f"{config}: {config.stream_ctas} stream-K CTAs wait on each other, so they "
-                     f"must all be resident, but this GPU has {jax.devices()[0].core_count} SMs.")
+  ctas = config.stream_ctas * (mp // tile_m)
+  if ctas and jax.default_backend() == "gpu" and ctas > jax.devices()[0].core_count:
+    raise ValueError(f"{config}: its {ctas} CTAs ({mp // tile_m} x row tiles of "
+                     f"{config.stream_ctas}) wait on each other, so they must all be resident, "
+                     f"but this GPU has {jax.devices()[0].core_count} SMs.")
   codes = jax.lax.bitcast_convert_type(codes, jnp.int8)
   if interpret:  # no public export of the GPU interpret parameters (jax 0.10-0.11)
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
@@ -343,14 +344,14 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
     interpret_params = None
   out_type = jax.ShapeDtypeStruct((config.split_k, mp, n),
                                   out_dtype if config.split_k == 1 else jnp.int32)
-  ctas = config.stream_ctas or n // config.cta_n
   if config.stream_ctas:  # + each CTA's head sums, per x row tile and warpgroup
     out_type = (out_type, jax.ShapeDtypeStruct(
-        (ctas, mp // tile_m, config.warpgroups, config.tile_n, tile_m), jnp.int32))
+        (config.stream_ctas, mp // tile_m, config.warpgroups, config.tile_n, tile_m), jnp.int32))
   kernel = plgpu.kernel(
       functools.partial(_kernel, config=config, tile_m=tile_m, interpret=interpret),
       out_type=out_type,
-      grid=(ctas, mp // tile_m, config.split_k), grid_names=("n", "m", "split"),
+      grid=(config.stream_ctas or n // config.cta_n, mp // tile_m, config.split_k),
+      grid_names=("n", "m", "split"),
       num_threads=config.warpgroups + 1, thread_name="wg", interpret=interpret_params,
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
