@@ -16,7 +16,9 @@ their place value (`4^q · c` with c = t + 1 for q < 3, `-64 · t` for q = 3), s
 int32 accumulator and the epilogue combines them exactly; planes 0-2 multiply c rather than t, so
 the sum exceeds x·t by `offset` (x summed over those planes' K rows), which the epilogue subtracts
 before applying both scales and storing the `[M, N]` tile in the output dtype. With a K split the
-kernel writes int32 sums `[split_k, Mp, N]` and XLA finishes. Bit-identical to
+kernel writes int32 sums `[split_k, Mp, N]` and XLA finishes; with `stream_ctas` (stream-K,
+`stream_schedule`) CTAs split tiles between neighbours and hand the int32 sums of a tile's head
+over through global memory and a semaphore. Bit-identical to
 `reference.matmul_int8`. One warpgroup issues the TMA loads of code and x tiles into a ring of
 `stages` shared-memory slots.
 
