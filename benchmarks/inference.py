@@ -18,7 +18,8 @@ whose cache already holds `--context` tokens (random keys/values), `--steps` gre
 jitted call (`generation.decode`, one `lax.scan`), so host dispatch is amortised. Times are medians
 of `--repeats` calls after one warm-up, each synchronised with `block_until_ready`. Cases run in
 priority order and each result is appended to `--out/inference.jsonl` at once, so a cut-off run
-keeps what it measured. Prints a markdown table at the end.
+keeps what it measured. Decode's weight-bandwidth bound uses the device's read bandwidth,
+measured at the start (a 1 GiB read, as benchmarks/kernels.py). Prints a markdown table at the end.
 """
 
 from __future__ import annotations
