@@ -641,24 +641,23 @@ WAVE_CTAS = (66, 112, 128, 132, 198, 264)
 def bench_waves(ms, log, peaks, k=8192):
   """How the Mosaic GPU 2-bit kernel's streaming rate depends on its CTA count: K = 8192 and
   N = ctas · 256 (the 8192×28672 config, two warpgroups of 128 code rows: 28672 is 112 CTAs on
-  132 SMs), random codes, x quantized ahead; the kernel alone and the whole op, at 3 and 4
+  132 SMs), random 6:8 codes, x quantized ahead; the kernel alone and the whole op, at 3 and 4
   stages. Per-SM-bound streaming would show packed TB/s growing with the CTAs up to 132."""
   rows = []
   interpret = off_gpu()
   for m in ms:
     x = _nonzero_normal(jax.random.key(m), (m, k), jnp.bfloat16)
+    rows_of_x = two_bit_mgpu.TwoBitMgpuConfig(tile_n=128, warpgroups=2).rows(m)[1]
+    xq, xs, off = quantize_rows(x, rows=rows_of_x, layout="step_planes", interpret=interpret)
     for ctas in WAVE_CTAS:
       n = ctas * 256
-      fields = jax.random.randint(jax.random.key(ctas), (copies(n * k // 4), n, k // 4, 4), 0, 3,
-                                  jnp.uint8)
-      codes = list(fields[..., 0] | fields[..., 1] << 2 | fields[..., 2] << 4 | fields[..., 3] << 6)
-      del fields
-      col_scale = jnp.ones((n,), jnp.float32)
+      t, gamma = _ternary(jax.random.key(ctas), k, n)
+      ps = [pack(t, gamma + i * 1e-3) for i in range(copies(n * k // 4))]
+      del t
+      codes, col_scale = [p.codes for p in ps], ps[0].scale
       nbytes = codes[0].nbytes + col_scale.nbytes
       for stages in (3, 4):
         c = two_bit_mgpu.TwoBitMgpuConfig(tile_n=128, warpgroups=2, stages=stages)
-        xq, xs, off = quantize_rows(x, rows=c.rows(m)[1], layout="step_planes",
-                                    interpret=interpret)
         res = {"kernel": timed(
             lambda xq, w: two_bit_mgpu.matmul_codes(xq, w, off, xs, col_scale, config=c,
                                                     out_dtype=jnp.bfloat16, interpret=interpret),

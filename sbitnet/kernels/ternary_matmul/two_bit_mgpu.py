@@ -295,7 +295,7 @@ def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
         f"{c} does not tile M={m}, N={n}, Kp={kp}: N must be a multiple of "
         f"warpgroups·tile_n (warpgroups 1 or 2, tile_n of 64), tile_m a multiple of "
         f"{MIN_TILE_M} in [{MIN_TILE_M}, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide "
-        f"its {steps} steps of {STEP_K}, and stages >= 2.")
+        f"its {steps} steps of {STEP_K}, stages >= 2 and stream_ctas >= 0.")
   if c.stream_ctas and (c.split_k != 1 or stream_schedule(n // c.cta_n, steps, c.stream_ctas)
                         is None):
     raise ValueError(
