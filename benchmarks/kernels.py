@@ -526,8 +526,7 @@ def bench_gemv(shapes, ms, log, prologue="none"):
 def mgpu_2bit_candidates(m, k, n):
   """Tile configs of the Mosaic GPU 2-bit kernel for one problem: one or two warpgroups of 64 or
   128 code rows (128 only while the four accumulators fit: M <= 32), each without a K split and
-  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), 3 or 5 stages unsplit, and
-  the stream-K schedule over the most CTAs it fits, up to one per SM (one x row tile)."""
+  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), and 3 or 5 stages unsplit."""
   M = two_bit_mgpu.TwoBitMgpuConfig
   steps = -(-padded_rows(k) // two_bit_mgpu.STEP_K)
   m_tiles = -(-m // two_bit_mgpu.MAX_TILE_M)
@@ -540,10 +539,6 @@ def mgpu_2bit_candidates(m, k, n):
                          steps) for target in (132, 264)}
     cands += [M(tile_n=tile_n, warpgroups=wgs, split_k=s) for s in sorted(splits)]
     cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st) for st in (3, 5)]
-    stream = next((c for c in range(jax.devices()[0].core_count if not off_gpu() else 8, 1, -1)
-                   if two_bit_mgpu.stream_schedule(n // (tile_n * wgs), steps, c)), None)
-    if stream and m_tiles == 1:
-      cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st, stream_ctas=stream) for st in (3, 4)]
   return cands
 
 
@@ -573,8 +568,7 @@ def _short(c):
   if isinstance(c, (int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig)):
     return _short_gemm(c)
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
-    return (f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
-            + (f" streamk{c.stream_ctas}" if c.stream_ctas else ""))
+    return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
   if isinstance(c, gemv_dp4a.GemvConfig):
     quantizing = " quantizing" if c.quantizes_x else ""
     return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}{quantizing}"

@@ -469,35 +469,6 @@ def test_mosaic_2bit_kernel_writes_every_tile_and_equals_xla(config):
   np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
 
 
-@pytest.mark.parametrize("n,config", [
-    (150, TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16, stream_ctas=4)),
-    (300, TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32, stages=2, stream_ctas=4))],
-    ids=str)
-def test_mosaic_2bit_stream_k_writes_every_tile_and_equals_xla(n, config):
-  """The stream-K schedule in interpret mode: 3 CTA row tiles × 4 K steps over 4 CTAs, so that
-  every tile is split between two CTAs at a different step (3 + 1, 2 + 2, 1 + 3) and its output
-  is the sum of both; several x row tiles; bit-identical to XLA's int8 path (the output is not
-  initialised by the kernel, so an unwritten tile fails)."""
-  m, k = 37, 1896
-  assert two_bit_mgpu.stream_schedule(3, 4, 4) == 3
-  x, _, _, p = _case(19, m, k, n, (6, 8))
-  ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
-  out = ternary_matmul(x, p, quantize_x=True, implementation="pallas", config=config)
-  np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
-
-
-def test_mosaic_2bit_stream_schedule():
-  """Steps per CTA where each tile is split between two neighbouring CTAs, None otherwise."""
-  assert two_bit_mgpu.stream_schedule(112, 16, 128) == 14  # 8192x28672 over 128 of 132 SMs
-  assert two_bit_mgpu.stream_schedule(112, 16, 132) is None  # uneven
-  assert two_bit_mgpu.stream_schedule(4, 4, 4) is None  # a whole tile per CTA: nothing to share
-  assert two_bit_mgpu.stream_schedule(2, 6, 3) == 4  # [0, 4) head, [4, 8) tail + head, [8, 12)
-  assert two_bit_mgpu.stream_schedule(4, 8, 8) == 4  # halves
-  assert two_bit_mgpu.stream_schedule(5, 8, 8) is None  # [10, 15) inside tile 1: three CTAs
-  with pytest.raises(ValueError, match="stream_ctas=132 does not schedule"):
-    two_bit_mgpu.check_tiles(16, 28672, 8192, TwoBitMgpuConfig(tile_n=128, stream_ctas=132))
-
-
 def test_mosaic_2bit_planes_are_the_codes_place_values():
   """`_plane` with bitwise ops only: 4**q·c for planes 0-2 and -64·t for plane 3, every byte."""
   codes = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8)
@@ -512,14 +483,12 @@ def test_mosaic_2bit_planes_are_the_codes_place_values():
 
 @pytest.mark.parametrize("m,k,config", [
     (16, 8192, TwoBitMgpuConfig(tile_n=128, warpgroups=2)),
-    (128, 11008, TwoBitMgpuConfig(tile_n=64, warpgroups=1, split_k=11)),
-    (16, 8192, TwoBitMgpuConfig(tile_n=128, warpgroups=2, stream_ctas=16))], ids=str)
+    (128, 11008, TwoBitMgpuConfig(tile_n=64, warpgroups=1, split_k=11))], ids=str)
 def test_mosaic_2bit_kernel_lowers_for_the_gpu(m, k, config):
   """The GPU variant (planes as wgmma's register A operand, x's tile read through a transposed
   view; interpret mode runs neither) lowered for CUDA on the CPU through Mosaic GPU's layout
-  inference and dialect lowering: the fused epilogue, split K over code rows of 2752 bytes
-  (64-byte swizzle) with two row tiles of x, and stream-K (semaphores, which interpret mode
-  does not have)."""
+  inference and dialect lowering: the fused epilogue, and split K over code rows of 2752 bytes
+  (64-byte swizzle) with two row tiles of x."""
   n = 2048
   tile_m, rows = config.rows(m)
   args = [jax.ShapeDtypeStruct((rows, -(-k // 512) * 512), jnp.int8),
@@ -558,10 +527,14 @@ def test_dispatcher_takes_the_mosaic_2bit_kernel_where_it_measured_faster(monkey
   assert config_lib.mgpu_2bit_wins(128, n=2048, k=11008)
   assert not config_lib.mgpu_2bit_wins(1, n=28672, k=8192)  # one row: the dp4a GEMV
   assert not config_lib.mgpu_2bit_wins(256, n=22016, k=2048)  # not measured there
-  assert config_lib.choose_mgpu_2bit(16, 22016) == TwoBitMgpuConfig(tile_n=128, warpgroups=2)
-  assert config_lib.choose_mgpu_2bit(16, 11008) == TwoBitMgpuConfig(tile_n=64, warpgroups=2)
-  assert config_lib.choose_mgpu_2bit(128, 2048) == TwoBitMgpuConfig(tile_n=64, warpgroups=1)
-  assert config_lib.choose_mgpu_2bit(128, 2000) is None
+  assert config_lib.choose_mgpu_2bit(16, 22016, 2048) == TwoBitMgpuConfig(tile_n=128,
+                                                                          warpgroups=2)
+  assert config_lib.choose_mgpu_2bit(16, 28672, 8192) == TwoBitMgpuConfig(tile_n=128,
+                                                                          warpgroups=2, stages=3)
+  assert config_lib.choose_mgpu_2bit(64, 28672, 8192) == TwoBitMgpuConfig(tile_n=64, warpgroups=2)
+  assert config_lib.choose_mgpu_2bit(16, 11008, 2048) == TwoBitMgpuConfig(tile_n=64, warpgroups=2)
+  assert config_lib.choose_mgpu_2bit(128, 2048, 2048) == TwoBitMgpuConfig(tile_n=64, warpgroups=1)
+  assert config_lib.choose_mgpu_2bit(128, 2000, 2048) is None
 
   taken = []
   monkeypatch.setattr(api, "off_gpu", lambda: False)

@@ -137,7 +137,7 @@ def _pallas(x: jax.Array, p: PackedTernary, quantize_x: bool, out_dtype,
   m, (n, nbytes) = x.shape[0], p.codes.shape
   if (config is None and quantize_x and out_init is None and on_hopper()
       and config_lib.mgpu_2bit_wins(m, n, p.in_features)):
-    config = config_lib.choose_mgpu_2bit(m, n)
+    config = config_lib.choose_mgpu_2bit(m, n, p.in_features)
   if isinstance(config, two_bit_mgpu.TwoBitMgpuConfig):
     if not quantize_x:
       raise ValueError(f"{config} is a Mosaic GPU 2-bit kernel config: it needs quantize_x=True.")

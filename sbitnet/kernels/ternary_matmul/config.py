@@ -163,16 +163,19 @@ def mgpu_2bit_wins(m: int, n: int, k: int) -> bool:
   return m >= MGPU_2BIT_NARROW_MIN_M if k <= MGPU_2BIT_SHORT_K else m > DECODE_MAX_M
 
 
-def choose_mgpu_2bit(m: int, n: int) -> TwoBitMgpuConfig | None:
+def choose_mgpu_2bit(m: int, n: int, k: int) -> TwoBitMgpuConfig | None:
   """Config of the Mosaic GPU 2-bit kernel, or None where its CTA rows do not divide n (the
   caller then takes the Triton kernel rather than padding the codes). H200 sweeps: from
   MGPU_2BIT_MID_N two warpgroups per CTA, on wide layers (N >= WIDE_N) 128 code rows each up to
   32 rows of x (four accumulators of [128, rows] fit), otherwise 64 (on 2048→11008 64 rows made
   twice the CTAs of 128: 10.5 vs 11.7 µs at M = 16); narrow layers one warpgroup of 64 rows; 4
   stages, no K split (best or within 3 % wherever the kernel wins, except 2048→2048 at M = 64,
-  where a 4-way split was 3 % faster)."""
-  config = TwoBitMgpuConfig(tile_n=128 if n >= WIDE_N and m <= 32 else 64,
-                            warpgroups=2 if n >= MGPU_2BIT_MID_N else 1)
+  where a 4-way split was 3 % faster); 3 stages on 8192×28672-sized weights with 128 code rows
+  (3-4 % faster at M = 4 and 16, H100, sixteenth and eighteenth sessions)."""
+  wide = n >= WIDE_N and m <= 32
+  config = TwoBitMgpuConfig(tile_n=128 if wide else 64,
+                            warpgroups=2 if n >= MGPU_2BIT_MID_N else 1,
+                            stages=3 if wide and k * n >= MGPU_2BIT_LARGE_WEIGHT else 4)
   return config if n % config.cta_n == 0 else None
 
 
@@ -186,7 +189,7 @@ def two_bit_serves(m: int, n: int, k: int, int8: bool, int8_weight_kept: bool,
   if m <= two_bit_max_m(int8, int8_weight_kept):
     return True
   return (int8 and int8_weight_kept and hopper and mgpu_2bit_wins(m, n, k)
-          and choose_mgpu_2bit(m, n) is not None)
+          and choose_mgpu_2bit(m, n, k) is not None)
 
 
 def choose_int8_gemm(m: int, n: int, k: int, hopper: bool) -> GemmConfig | MgpuGemmConfig:

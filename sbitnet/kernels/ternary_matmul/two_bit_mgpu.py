@@ -16,9 +16,7 @@ their place value (`4^q · c` with c = t + 1 for q < 3, `-64 · t` for q = 3), s
 int32 accumulator and the epilogue combines them exactly; planes 0-2 multiply c rather than t, so
 the sum exceeds x·t by `offset` (x summed over those planes' K rows), which the epilogue subtracts
 before applying both scales and storing the `[M, N]` tile in the output dtype. With a K split the
-kernel writes int32 sums `[split_k, Mp, N]` and XLA finishes; with `stream_ctas` (stream-K,
-`stream_schedule`) CTAs split tiles between neighbours and hand the int32 sums of a tile's head
-over through global memory and a semaphore. Bit-identical to
+kernel writes int32 sums `[split_k, Mp, N]` and XLA finishes. Bit-identical to
 `reference.matmul_int8`. One warpgroup issues the TMA loads of code and x tiles into a ring of
 `stages` shared-memory slots.
 
@@ -56,15 +54,13 @@ class TwoBitMgpuConfig:
   """`tile_n` code rows per compute warpgroup (a multiple of 64: wgmma's M), `warpgroups` compute
   warpgroups per CTA (side by side along N: a CTA covers warpgroups·tile_n rows), `tile_m` rows of
   x per CTA at most (a multiple of MIN_TILE_M, <= MAX_TILE_M; fewer rows are padded to a multiple
-  of MIN_TILE_M only), `stages` shared-memory slots in flight (each one step of STEP_K rows),
-  `split_k` K ranges run by separate CTAs, and `stream_ctas` > 0 the stream-K schedule instead
-  (`stream_schedule`) over that many CTAs, which wait on each other (so at most one per SM)."""
+  of MIN_TILE_M only), `stages` shared-memory slots in flight (each one step of STEP_K rows), and
+  `split_k` K ranges run by separate CTAs."""
   tile_n: int = 64
   warpgroups: int = 2
   tile_m: int = 64
   stages: int = 4
   split_k: int = 1
-  stream_ctas: int = 0
 
   @property
   def cta_n(self) -> int:
@@ -74,28 +70,6 @@ class TwoBitMgpuConfig:
     """(x rows per CTA, x rows padded) for m rows."""
     tm = min(self.tile_m, -(-m // MIN_TILE_M) * MIN_TILE_M)
     return tm, -(-m // tm) * tm
-
-
-def stream_schedule(tiles: int, steps: int, ctas: int) -> int | None:
-  """Steps per CTA of the stream-K schedule, or None where it does not apply.
-
-  The `tiles · steps` (CTA row block, K step) units, tile-major, are dealt out in equal
-  contiguous ranges to `ctas` CTAs, fewer steps each than a tile has, so that every tile is split
-  between two neighbouring CTAs: CTA i runs the head of the tile that starts inside its range
-  first (and publishes its int32 sums), then the tail of the tile its range starts in, which it
-  finishes with CTA i - 1's published head. Applies where the units divide evenly and no range
-  falls strictly inside one tile (that tile would span three CTAs)."""
-  units = tiles * steps
-  if ctas < 2 or units % ctas:
-    return None
-  per = units // ctas
-  if per >= steps:
-    return None
-  for i in range(ctas):
-    start, end = i * per, (i + 1) * per
-    if start % steps and end % steps and start // steps == (end - 1) // steps:
-      return None
-  return per
 
 
 def _swizzled(minor_bytes: int) -> tuple:
@@ -115,46 +89,24 @@ def _plane(codes: jax.Array, q: int) -> jax.Array:
   return (codes ^ 0x40) & -64  # 0xC0 as int8
 
 
-def _combine(accs) -> jax.Array:
-  """The planes' int32 sums with their place values undone (exact: plane q's sums are multiples
-  of 4**q): `t @ xq.T + offset` over the steps accumulated."""
-  a0, a1, a2, a3 = (acc[...] for acc in accs)
-  return a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
-
-
-def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_gmem,
-            *stream_out, config: TwoBitMgpuConfig, tile_m: int, interpret: bool):
+def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_gmem, *,
+            config: TwoBitMgpuConfig, tile_m: int, interpret: bool):
   c = config
   fused = c.split_k == 1
-  total_steps = -(-codes_gmem.shape[1] // STEP_BYTES)
+  steps = -(-codes_gmem.shape[1] // STEP_BYTES) // c.split_k
   n_idx, m_idx, split_idx = (jax.lax.axis_index(a) for a in ("n", "m", "split"))
+  first = split_idx * steps
+  cta_rows = pl.ds(n_idx * c.cta_n, c.cta_n)
   x_rows = pl.ds(m_idx * tile_m, tile_m)
-  if c.stream_ctas:
-    (partials_gmem,) = stream_out
-    steps = stream_schedule(codes_gmem.shape[0] // c.cta_n, total_steps, c.stream_ctas)
-    start = n_idx * steps
-    boundary = (start // total_steps + 1) * total_steps
-    head = jnp.where(start % total_steps == 0, steps,
-                     jnp.where(boundary < start + steps, start + steps - boundary, 0))
-    unit = lambda s: jnp.where(s < head, start + steps - head + s, start + s - head)
-    tile_of = lambda s: unit(s) // total_steps
-    k_step = lambda s: unit(s) % total_steps
-    out_tile = start // total_steps  # the tile whose tail this CTA runs (if it runs one)
-  else:
-    steps = total_steps // c.split_k
-    tile_of = lambda s: n_idx
-    k_step = lambda s: split_idx * steps + s
-    out_tile = n_idx
-  cta_rows = pl.ds(out_tile * c.cta_n, c.cta_n)
   if not interpret:
-    x_spec = plgpu.BlockSpec((tile_m, STEP_K), lambda s: (0, k_step(s)),
+    x_spec = plgpu.BlockSpec((tile_m, STEP_K), lambda s: (0, first + s),
                              transforms=_swizzled(STEP_K), memory_space=plgpu.SMEM)
     x_cta = x_gmem.at[x_rows]
   else:
-    x_spec = plgpu.BlockSpec((STEP_K, tile_m), lambda s: (k_step(s), 0),
+    x_spec = plgpu.BlockSpec((STEP_K, tile_m), lambda s: (first + s, 0),
                              memory_space=plgpu.SMEM)
     x_cta = x_gmem.at[:, x_rows]
-  codes_spec = plgpu.BlockSpec((c.cta_n, STEP_BYTES), lambda s: (tile_of(s), k_step(s)),
+  codes_spec = plgpu.BlockSpec((c.cta_n, STEP_BYTES), lambda s: (0, first + s),
                                transforms=_swizzled(codes_gmem.shape[1]),
                                memory_space=plgpu.SMEM)
 
@@ -165,10 +117,11 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
         compute_context=compute_context)
 
   unused = lambda *_, **__: None  # allocations do not depend on the bodies
+  codes_cta = codes_gmem.at[cta_rows]
 
   @functools.partial(
       pl.run_scoped,
-      allocations=pipeline(unused, unused).get_allocations(codes_gmem, x_cta),
+      allocations=pipeline(unused, unused).get_allocations(codes_cta, x_cta),
       out_smem=plgpu.SMEM((c.warpgroups, tile_m, c.tile_n), out_gmem.dtype),
       # The epilogue's vectors (without a K split only), one 128-byte aligned slot per
       # warpgroup: TMA's shared-memory destination alignment.
@@ -178,84 +131,50 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
                     else None),
       col_scale_smem=plgpu.SMEM((c.warpgroups, c.tile_n), jnp.float32) if fused else None,
       vector_barriers=plgpu.Barrier(num_barriers=3 * c.warpgroups) if fused else None,
-      # Stream-K: a warpgroup's head sums (published), then the previous CTA's (received).
-      partial_smem=(plgpu.SMEM((c.warpgroups, c.tile_n, tile_m), jnp.int32,
-                               transforms=() if interpret else _int32_tiles(tile_m))
-                    if c.stream_ctas else None),
-      partial_barriers=plgpu.Barrier(num_barriers=c.warpgroups) if c.stream_ctas else None,
       # Interpret mode's wgmma takes A from shared memory only: there the planes go through this.
       plane_smem=(plgpu.SMEM((c.warpgroups, c.tile_n, STEP_BYTES), jnp.int8) if interpret
                   else None),
       collective_axes="wg")
   def _scope(allocations, out_smem, offset_smem, x_scale_smem, col_scale_smem, vector_barriers,
-             partial_smem, partial_barriers, plane_smem):
+             plane_smem):
     wg = jax.lax.axis_index("wg")
     wg_rows = pl.ds(wg * c.tile_n, c.tile_n)
-    # Interpret mode runs the CTAs one after another in grid order (jax 0.10-0.11) and has no
-    # semaphores; CTA i - 1 has published by the time CTA i reads.
-    semaphores = (pl.get_global(plgpu.SemaphoreType.REGULAR((c.stream_ctas, c.warpgroups)))
-                  if c.stream_ctas and not interpret else None)
-
-    def store(y):
-      """The epilogue: int32 sums `[tile_n, tile_m]` (offset included) to the output tile."""
-      if fused:  # t @ xq.T, then the scales (as reference.matmul_int8), in the output dtype
-        slot = pl.ds(0, tile_m)
-        vectors = ((offset_gmem.at[x_rows], offset_smem.at[wg, slot]),
-                   (x_scale_gmem.at[x_rows], x_scale_smem.at[wg, slot]),
-                   (col_scale_gmem.at[cta_rows].at[wg_rows], col_scale_smem.at[wg]))
-        for i, (src, dst) in enumerate(vectors):
-          plgpu.copy_gmem_to_smem(src, dst, vector_barriers.at[3 * wg + i])
-        for i in range(3):
-          plgpu.barrier_wait(vector_barriers.at[3 * wg + i])
-        shape = (c.tile_n, tile_m)  # explicit broadcasts: layout inference needs them
-        per_row = lambda v: jax.lax.broadcast_in_dim(v, shape, (1,))
-        y = y - per_row(offset_smem[wg, slot])
-        y = (y.astype(jnp.float32) * per_row(x_scale_smem[wg, slot])
-             * jax.lax.broadcast_in_dim(col_scale_smem[wg], shape, (0,)))
-      # The [n, m] accumulator stored as the [m, n] output tile: WGMMA_TRANSPOSED is the
-      # register layout whose store to a transposed view is supported (one shuffle away).
-      y = y.astype(out_smem.dtype)
-      if interpret:  # no layout_cast there
-        out_smem[wg] = y.T
-      else:
-        y = plgpu.layout_cast(y, plgpu.Layout.WGMMA_TRANSPOSED)
-        plgpu.transpose_ref(out_smem.at[wg], (1, 0))[...] = y
-      plgpu.commit_smem()  # also a warpgroup barrier: the vectors have been read
-      plgpu.copy_smem_to_gmem(out_smem.at[wg],
-                              out_gmem.at[split_idx, x_rows, cta_rows].at[:, wg_rows])
 
     def compute_context(run_pipeline):
       @functools.partial(pl.run_scoped,
                          accs=[plgpu.ACC((c.tile_n, tile_m), jnp.int32) for _ in range(4)])
       def _acc_scope(accs):
-        if not c.stream_ctas:
-          run_pipeline(accs)
-          store(_combine(accs))
-          return
-        partial = partial_smem.at[wg]
-        partial[...] = jnp.zeros((c.tile_n, tile_m), jnp.int32)  # no head: nothing to remove
-        run_pipeline(accs)  # the head's sums land in `partial` (mma below)
-        tail = _combine(accs) - partial[...]
-        neighbour = partials_gmem.at[:, m_idx, wg]
+        run_pipeline(accs)
+        # Undo the planes' place values (exact: plane q's sums are multiples of 4**q).
+        a0, a1, a2, a3 = (acc[...] for acc in accs)
+        y = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
+        if fused:  # t @ xq.T, then the scales (as reference.matmul_int8), in the output dtype
+          slot = pl.ds(0, tile_m)
+          vectors = ((offset_gmem.at[x_rows], offset_smem.at[wg, slot]),
+                     (x_scale_gmem.at[x_rows], x_scale_smem.at[wg, slot]),
+                     (col_scale_gmem.at[cta_rows].at[wg_rows], col_scale_smem.at[wg]))
+          for i, (src, dst) in enumerate(vectors):
+            plgpu.copy_gmem_to_smem(src, dst, vector_barriers.at[3 * wg + i])
+          for i in range(3):
+            plgpu.barrier_wait(vector_barriers.at[3 * wg + i])
+          shape = (c.tile_n, tile_m)  # explicit broadcasts: layout inference needs them
+          per_row = lambda v: jax.lax.broadcast_in_dim(v, shape, (1,))
+          y = y - per_row(offset_smem[wg, slot])
+          y = (y.astype(jnp.float32) * per_row(x_scale_smem[wg, slot])
+               * jax.lax.broadcast_in_dim(col_scale_smem[wg], shape, (0,)))
+        # The [n, m] accumulator stored as the [m, n] output tile: WGMMA_TRANSPOSED is the
+        # register layout whose store to a transposed view is supported (one shuffle away).
+        y = y.astype(out_smem.dtype)
+        if interpret:  # no layout_cast there
+          out_smem[wg] = y.T
+        else:
+          y = plgpu.layout_cast(y, plgpu.Layout.WGMMA_TRANSPOSED)
+          plgpu.transpose_ref(out_smem.at[wg], (1, 0))[...] = y
+        plgpu.commit_smem()  # also a warpgroup barrier: the vectors have been read
+        plgpu.copy_smem_to_gmem(out_smem.at[wg],
+                                out_gmem.at[split_idx, x_rows, cta_rows].at[:, wg_rows])
 
-        @pl.when(head > 0)
-        def _publish():
-          plgpu.commit_smem()
-          plgpu.copy_smem_to_gmem(partial, neighbour.at[n_idx])
-          plgpu.wait_smem_to_gmem(0)
-          if semaphores is not None:
-            pl.semaphore_signal(semaphores.at[n_idx, wg])
-
-        @pl.when(head < steps)
-        def _finish():
-          if semaphores is not None:
-            pl.semaphore_wait(semaphores.at[n_idx - 1, wg])
-          plgpu.commit_smem()  # a warpgroup barrier: `partial` has been read
-          plgpu.copy_gmem_to_smem(neighbour.at[n_idx - 1], partial, partial_barriers.at[wg])
-          plgpu.barrier_wait(partial_barriers.at[wg])
-          store(tail + partial[...])
-
-    def mma(indices, codes_smem, x_smem, accs):
+    def mma(_, codes_smem, x_smem, accs):
       codes = codes_smem[wg_rows]
       for q, acc in enumerate(accs):
         plane = _plane(codes, q)
@@ -269,20 +188,11 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
           x_operand = x_smem.at[k_rows, :]
         plgpu.wgmma(acc, plane, x_operand)
       plgpu.wgmma_wait(0)
-      if c.stream_ctas:
-        @pl.when(indices[0] == head - 1)
-        def _head_done():
-          partial_smem[wg] = _combine(accs)
       return accs
 
-    pipeline(mma, compute_context)(codes_gmem, x_cta, allocations=allocations)
+    pipeline(mma, compute_context)(codes_cta, x_cta, allocations=allocations)
 
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
-
-def _int32_tiles(tile_m: int) -> tuple:
-  """Shared-memory transforms of an int32 `[tile_n, tile_m]` accumulator tile."""
-  return (plgpu.TilingTransform((8, tile_m)), plgpu.SwizzleTransform(4 * tile_m))
 
 
 def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
@@ -290,19 +200,12 @@ def check_tiles(m: int, n: int, kp: int, config: TwoBitMgpuConfig) -> None:
   steps = -(-kp // STEP_K)
   if (n % c.cta_n or c.tile_n % 64 or c.warpgroups not in (1, 2) or c.tile_m % MIN_TILE_M
       or not MIN_TILE_M <= c.tile_m <= MAX_TILE_M or kp % TILE_K or c.split_k < 1
-      or steps % c.split_k or c.stages < 2 or c.stream_ctas < 0):
+      or steps % c.split_k or c.stages < 2):
     raise ValueError(
         f"{c} does not tile M={m}, N={n}, Kp={kp}: N must be a multiple of "
         f"warpgroups·tile_n (warpgroups 1 or 2, tile_n of 64), tile_m a multiple of "
         f"{MIN_TILE_M} in [{MIN_TILE_M}, {MAX_TILE_M}], Kp of {TILE_K}, split_k must divide "
-        f"its {steps} steps of {STEP_K}, stages >= 2 and stream_ctas >= 0.")
-  if c.stream_ctas and (c.split_k != 1 or stream_schedule(n // c.cta_n, steps, c.stream_ctas)
-                        is None):
-    raise ValueError(
-        f"{c}: stream_ctas={c.stream_ctas} does not schedule N={n}, Kp={kp} ({n // c.cta_n} "
-        f"tiles of {c.cta_n} rows × {steps} steps of {STEP_K}): the CTAs must share the "
-        f"(tile, step) units evenly, fewer steps each than a tile has, no range inside one "
-        f"tile, and split_k 1 (stream_schedule).")
+        f"its {steps} steps of {STEP_K}, and stages >= 2.")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "out_dtype", "interpret"))
@@ -317,9 +220,8 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
   x_planes, x_scale, offset: `quantize_rows(x, rows=Mp, layout="step_planes")` (Mp from
   `config.rows`): int8 `[Mp, Ks]` (Ks: Kp padded to STEP_K), float32 `[Mp]`, int32 `[Mp]`;
   codes: uint8 `[N, Kp / 4]` (format v2; on the GPU the last step's bytes past Kp are TMA's zero
-  fill); col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`); a stream-K
-  config's CTAs must all be resident at once (at most one per SM). `interpret` runs Mosaic GPU
-  interpret mode (CPU).
+  fill); col_scale float32 `[N]`. N and Kp must tile by the config (`check_tiles`). `interpret` runs
+  Mosaic GPU interpret mode (CPU).
   """
   (mp, ks), (n, nbytes) = x_planes.shape, codes.shape
   kp = nbytes * 4
@@ -331,11 +233,6 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
                      f"{x_planes.dtype} {tuple(x_planes.shape)} and {codes.dtype} "
                      f"{tuple(codes.shape)}.")
   check_tiles(mp, n, kp, config)
-  ctas = config.stream_ctas * (mp // tile_m)
-  if ctas and jax.default_backend() == "gpu" and ctas > jax.devices()[0].core_count:
-    raise ValueError(f"{config}: its {ctas} CTAs ({mp // tile_m} x row tiles of "
-                     f"{config.stream_ctas}) wait on each other, so they must all be resident, "
-                     f"but this GPU has {jax.devices()[0].core_count} SMs.")
   codes = jax.lax.bitcast_convert_type(codes, jnp.int8)
   if interpret:  # no public export of the GPU interpret parameters (jax 0.10-0.11)
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
@@ -344,22 +241,16 @@ def matmul_codes(x_planes: jax.Array, codes: jax.Array, offset: jax.Array, x_sca
     codes = jnp.pad(codes, ((0, 0), (0, ks // 4 - nbytes)))
   else:
     interpret_params = None
-  out_type = jax.ShapeDtypeStruct((config.split_k, mp, n),
-                                  out_dtype if config.split_k == 1 else jnp.int32)
-  if config.stream_ctas:  # + each CTA's head sums, per x row tile and warpgroup
-    out_type = (out_type, jax.ShapeDtypeStruct(
-        (config.stream_ctas, mp // tile_m, config.warpgroups, config.tile_n, tile_m), jnp.int32))
   kernel = plgpu.kernel(
       functools.partial(_kernel, config=config, tile_m=tile_m, interpret=interpret),
-      out_type=out_type,
-      grid=(config.stream_ctas or n // config.cta_n, mp // tile_m, config.split_k),
-      grid_names=("n", "m", "split"),
+      out_type=jax.ShapeDtypeStruct((config.split_k, mp, n),
+                                    out_dtype if config.split_k == 1 else jnp.int32),
+      grid=(n // config.cta_n, mp // tile_m, config.split_k), grid_names=("n", "m", "split"),
       num_threads=config.warpgroups + 1, thread_name="wg", interpret=interpret_params,
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
-  out = kernel(codes, x_planes.T if interpret else x_planes, offset,
-               x_scale.astype(jnp.float32), col_scale.astype(jnp.float32))
-  return out[0] if config.stream_ctas else out
+  return kernel(codes, x_planes.T if interpret else x_planes, offset,
+                x_scale.astype(jnp.float32), col_scale.astype(jnp.float32))
 
 
 def matmul(x: jax.Array, codes: jax.Array, col_scale: jax.Array,
