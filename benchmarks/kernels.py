@@ -661,11 +661,12 @@ def bench_waves(ms, log, peaks, k=8192):
                                              interpret=interpret),
             [(x, w) for w in codes], nbytes / 3e12)}
         for what, sec in res.items():
-          frac = nbytes / sec / 1e12 / peaks["read_tb_s"]
+          tb_s = nbytes / sec / 1e12
+          frac = tb_s / peaks["read_tb_s"]
           rows.append(dict(m=m, k=k, n=n, ctas=ctas, stages=stages, what=what, us=sec * 1e6,
-                           packed_tb_s=nbytes / sec / 1e12, bw_frac=frac))
+                           packed_tb_s=tb_s, bw_frac=frac))
           log(f"  waves m={m} ctas={ctas:3d} n={n} s{stages} {what:8s}: {sec * 1e6:7.1f}us "
-              f"{nbytes / sec / 1e12:.2f} TB/s ({frac:.2f} of read BW)")
+              f"{tb_s:.2f} TB/s ({frac:.2f} of read BW)")
   return rows
 
 
