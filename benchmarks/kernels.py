@@ -526,7 +526,8 @@ def bench_gemv(shapes, ms, log, prologue="none"):
 def mgpu_2bit_candidates(m, k, n):
   """Tile configs of the Mosaic GPU 2-bit kernel for one problem: one or two warpgroups of 64 or
   128 code rows (128 only while the four accumulators fit: M <= 32), each without a K split and
-  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), and 3 or 5 stages unsplit."""
+  with the smallest splits giving >= 1 and >= 2 CTAs per SM (132), 3 or 5 stages unsplit, and
+  3 or 4 stages unsplit with the epilogue's vectors loaded before the pipeline."""
   M = two_bit_mgpu.TwoBitMgpuConfig
   steps = -(-padded_rows(k) // two_bit_mgpu.STEP_K)
   m_tiles = -(-m // two_bit_mgpu.MAX_TILE_M)
@@ -539,6 +540,7 @@ def mgpu_2bit_candidates(m, k, n):
                          steps) for target in (132, 264)}
     cands += [M(tile_n=tile_n, warpgroups=wgs, split_k=s) for s in sorted(splits)]
     cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st) for st in (3, 5)]
+    cands += [M(tile_n=tile_n, warpgroups=wgs, stages=st, prefetch_scales=True) for st in (3, 4)]
   return cands
 
 
@@ -568,7 +570,9 @@ def _short(c):
   if isinstance(c, (int8_gemm.GemmConfig, int8_gemm_mgpu.MgpuGemmConfig)):
     return _short_gemm(c)
   if isinstance(c, two_bit_mgpu.TwoBitMgpuConfig):
-    return f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
+    prefetch = " prefetch" if c.prefetch_scales else ""
+    return (f"mosaic tn{c.tile_n} wg{c.warpgroups} tm{c.tile_m} s{c.stages} split{c.split_k}"
+            f"{prefetch}")
   if isinstance(c, gemv_dp4a.GemvConfig):
     quantizing = " quantizing" if c.quantizes_x else ""
     return f"gemv bn{c.block_n} bw{c.block_w} w{c.num_warps} s{c.num_stages}{quantizing}"

@@ -456,11 +456,14 @@ def test_mosaic_int8_gemm_refuses_a_gpu_without_wgmma(monkeypatch):
 @pytest.mark.parametrize("config", [
     pytest.param(TwoBitMgpuConfig(tile_n=64, warpgroups=1, tile_m=16, stages=2, split_k=2),
                  marks=pytest.mark.slow),
-    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32)], ids=str)
+    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32),
+    TwoBitMgpuConfig(tile_n=64, warpgroups=2, tile_m=32, stages=3, prefetch_scales=True)],
+    ids=str)
 def test_mosaic_2bit_kernel_writes_every_tile_and_equals_xla(config):
   """Mosaic GPU interpret mode (int32 output not initialised by the kernel, so an unwritten tile
   fails the exact comparison): M, N and K off the tiles (several x row tiles, N padded to the
-  CTA rows, a last K step past the codes), split K, bit-identical to XLA's int8 path."""
+  CTA rows, a last K step past the codes), split K, the epilogue's vectors loaded before the
+  pipeline, bit-identical to XLA's int8 path."""
   m, k, n = 37, 1896, 200
   x, _, _, p = _case(17, m, k, n, (6, 8))
   ref = np.asarray(ternary_matmul(x, p, quantize_x=True, implementation="xla"), np.float32)
@@ -483,12 +486,14 @@ def test_mosaic_2bit_planes_are_the_codes_place_values():
 
 @pytest.mark.parametrize("m,k,config", [
     (16, 8192, TwoBitMgpuConfig(tile_n=128, warpgroups=2)),
+    (16, 8192, TwoBitMgpuConfig(tile_n=128, warpgroups=2, stages=3, prefetch_scales=True)),
     (128, 11008, TwoBitMgpuConfig(tile_n=64, warpgroups=1, split_k=11))], ids=str)
 def test_mosaic_2bit_kernel_lowers_for_the_gpu(m, k, config):
   """The GPU variant (planes as wgmma's register A operand, x's tile read through a transposed
   view; interpret mode runs neither) lowered for CUDA on the CPU through Mosaic GPU's layout
-  inference and dialect lowering: the fused epilogue, and split K over code rows of 2752 bytes
-  (64-byte swizzle) with two row tiles of x."""
+  inference and dialect lowering: the fused epilogue (its vectors loaded after the pipeline or
+  before it), and split K over code rows of 2752 bytes (64-byte swizzle) with two row tiles of
+  x."""
   n = 2048
   tile_m, rows = config.rows(m)
   args = [jax.ShapeDtypeStruct((rows, -(-k // 512) * 512), jnp.int8),

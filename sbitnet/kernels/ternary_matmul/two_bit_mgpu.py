@@ -54,13 +54,17 @@ class TwoBitMgpuConfig:
   """`tile_n` code rows per compute warpgroup (a multiple of 64: wgmma's M), `warpgroups` compute
   warpgroups per CTA (side by side along N: a CTA covers warpgroups·tile_n rows), `tile_m` rows of
   x per CTA at most (a multiple of MIN_TILE_M, <= MAX_TILE_M; fewer rows are padded to a multiple
-  of MIN_TILE_M only), `stages` shared-memory slots in flight (each one step of STEP_K rows), and
-  `split_k` K ranges run by separate CTAs."""
+  of MIN_TILE_M only), `stages` shared-memory slots in flight (each one step of STEP_K rows),
+  `split_k` K ranges run by separate CTAs, and `prefetch_scales`: each compute warpgroup issues
+  the TMA loads of its epilogue's vectors (offset, x_scale, col_scale; without a K split only)
+  before its first step rather than after its last, taking one memory latency off the end of
+  every CTA (not yet timed on a GPU, so the dispatcher leaves it off)."""
   tile_n: int = 64
   warpgroups: int = 2
   tile_m: int = 64
   stages: int = 4
   split_k: int = 1
+  prefetch_scales: bool = False
 
   @property
   def cta_n(self) -> int:
@@ -144,17 +148,24 @@ def _kernel(codes_gmem, x_gmem, offset_gmem, x_scale_gmem, col_scale_gmem, out_g
       @functools.partial(pl.run_scoped,
                          accs=[plgpu.ACC((c.tile_n, tile_m), jnp.int32) for _ in range(4)])
       def _acc_scope(accs):
-        run_pipeline(accs)
-        # Undo the planes' place values (exact: plane q's sums are multiples of 4**q).
-        a0, a1, a2, a3 = (acc[...] for acc in accs)
-        y = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
-        if fused:  # t @ xq.T, then the scales (as reference.matmul_int8), in the output dtype
-          slot = pl.ds(0, tile_m)
+        slot = pl.ds(0, tile_m)
+
+        def load_vectors():
           vectors = ((offset_gmem.at[x_rows], offset_smem.at[wg, slot]),
                      (x_scale_gmem.at[x_rows], x_scale_smem.at[wg, slot]),
                      (col_scale_gmem.at[cta_rows].at[wg_rows], col_scale_smem.at[wg]))
           for i, (src, dst) in enumerate(vectors):
             plgpu.copy_gmem_to_smem(src, dst, vector_barriers.at[3 * wg + i])
+
+        if fused and c.prefetch_scales:
+          load_vectors()
+        run_pipeline(accs)
+        # Undo the planes' place values (exact: plane q's sums are multiples of 4**q).
+        a0, a1, a2, a3 = (acc[...] for acc in accs)
+        y = a0 + (a1 >> 2) + (a2 >> 4) - (a3 >> 6)
+        if fused:  # t @ xq.T, then the scales (as reference.matmul_int8), in the output dtype
+          if not c.prefetch_scales:
+            load_vectors()
           for i in range(3):
             plgpu.barrier_wait(vector_barriers.at[3 * wg + i])
           shape = (c.tile_n, tile_m)  # explicit broadcasts: layout inference needs them
