@@ -133,7 +133,7 @@ def main() -> None:
                         ("stages", "2")):
     parser.add_argument(f"--sweep_{name}", default=default)
   parser.add_argument("--profile", action="store_true")
-  parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/sbitnet_decode_attention"))
+  parser.add_argument("--out", default=os.environ.get("OUT", "out"))
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,

@@ -9,8 +9,8 @@ same weights on the XLA path (`check_packed`).
 
 Both models are built in the same run from random weights (no training): the packed one from a
 random latent 6:8 Sparse-BitNet model through `sbitnet.infer.export.pack_model` (linear layers via
-`ternary_matmul`, default dispatch), the same with `materialize_int8` (calls over 64 rows use the
-unpacked int8 weights: `packed_6of8_int8w`), the dense one as the Dense BF16 arm with every parameter cast
+`ternary_matmul`, default dispatch), the same with `materialize_int8` (the calls that go to an int8
+GEMM multiply the unpacked int8 weights: `packed_6of8_int8w`), the dense one as the Dense BF16 arm with every parameter cast
 to bf16; embeddings and norms are bf16 in both; both run `unstacked()` (one buffer per layer), as
 `Generator` does. Prefill: one sequence of T random tokens through
 `sbitnet.infer.generation.prefill` (KV cache filled, logits of the last token). Decode: B rows
@@ -181,7 +181,7 @@ def main() -> None:
   parser.add_argument("--context", type=int, default=512)
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/sbitnet_inference"))
+  parser.add_argument("--out", default=os.environ.get("OUT", "out"))
   parser.add_argument("--skip_checks", action="store_true",
                       help="do not compare the packed model's logits with its XLA path first")
   parser.add_argument("--profile", action="store_true",
