@@ -1,4 +1,4 @@
-"""N:M sweep for BF16 and BitNet: N:8 for N = 7..2, plus 2:4 and 4:8, against the dense run.
+"""N:M sweep for BF16 and BitNet: N:8 for N = 7..2 and 2:4, against the dense run.
 
   python -m sbitnet.train --config=experiments/nm_sweep.py:precision=bitnet,n=4,m=8,scale=small
 """
