@@ -17,7 +17,7 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None) -> Config:
-  a = parse_arg(arg, variant="baseline", scale="cpu", model="qwen2.5-0.5b")
+  a = parse_arg(arg, variant="baseline", scale="cpu", model="")
   if a["variant"] not in VARIANTS:
     raise ValueError(f"variant={a['variant']!r} is not one of {', '.join(VARIANTS)}.")
   cfg = base_config(a["scale"], a["model"], f"ablation-{a['variant']}")

@@ -20,8 +20,8 @@ import os
 
 from absl import app, flags
 
-from experiments.runs import NON_RESULT_FIELDS, final_eval
-from sbitnet.config import Config, SparsityConfig, field_paths
+from experiments.runs import final_eval
+from sbitnet.config import NON_RESULT_FIELDS, Config, SparsityConfig, field_paths
 from sbitnet.metrics import read_metrics
 from sbitnet.restore import read_config
 

@@ -34,7 +34,12 @@ def base_config(scale: str, model: str, name: str) -> Config:
   seq 512, 64 x 512 tokens per step, 3000 steps (one GPU). paper: the Qwen2.5 shape `model`, seq
   2048, 512 x 2048 ≈ 1M tokens per step, 47,700 steps ≈ 50B tokens, the released code's cosine
   LR 3e-4 with 1000 warm-up steps; needs `--config.data.source=tokens --config.data.path=DIR`
-  (e.g. RefinedWeb prepared with `python -m sbitnet.data.prepare`)."""
+  (e.g. RefinedWeb prepared with `python -m sbitnet.data.prepare`; `model` default
+  qwen2.5-0.5b). `model` applies to `paper` only (elsewhere `--config.model.preset`)."""
+  if model and scale != "paper":
+    raise ValueError(f"model={model!r} applies to scale=paper only; scale={scale} trains its own "
+                     "preset (override it with --config.model.preset).")
+  model = model or "qwen2.5-0.5b"
   if scale == "cpu":
     return Config(name=name)
   if scale == "small":

@@ -10,7 +10,7 @@ SPARSE_SHARES = (25, 50, 75, 100)
 
 
 def get_config(arg: str | None = None) -> Config:
-  a = parse_arg(arg, p="50", precision="bitnet", scale="cpu", model="qwen2.5-0.5b")
+  a = parse_arg(arg, p="50", precision="bitnet", scale="cpu", model="")
   p = int(a["p"])
   if not 0 < p <= 100:
     raise ValueError(f"p={p} must be a sparse share of training in (0, 100] percent.")

@@ -11,13 +11,14 @@ from sbitnet.config import Config
 
 
 def get_config(arg: str | None = None) -> Config:
-  a = parse_arg(arg, arm="sparse_bitnet", scale="cpu", model="qwen2.5-0.5b")
+  a = parse_arg(arg, arm="sparse_bitnet", scale="cpu", model="")
   return with_arm(base_config(a["scale"], a["model"], f"four_arms-{a['arm']}"), a["arm"])
 
 
 def sweep(scale: str = "small"):
   """Config arguments: the four arms (and, at paper scale, the three model sizes)."""
-  models = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b") if scale == "paper" else ("qwen2.5-0.5b",)
+  models = (",model=qwen2.5-0.5b", ",model=qwen2.5-1.5b", ",model=qwen2.5-3b") if scale == "paper" \
+      else ("",)
   for model in models:
     for arm in ARMS:
-      yield f"arm={arm},scale={scale},model={model}"
+      yield f"arm={arm},scale={scale}{model}"

@@ -10,7 +10,7 @@ PATTERNS = [(0, 0)] + [(n, 8) for n in range(7, 1, -1)] + [(2, 4)]
 
 
 def get_config(arg: str | None = None) -> Config:
-  a = parse_arg(arg, precision="bitnet", n="6", m="8", scale="cpu", model="qwen2.5-0.5b")
+  a = parse_arg(arg, precision="bitnet", n="6", m="8", scale="cpu", model="")
   if a["precision"] not in ("bitnet", "bf16"):
     raise ValueError(f"precision={a['precision']!r} is not one of 'bitnet', 'bf16'.")
   n, m = int(a["n"]), int(a["m"])

@@ -1,7 +1,7 @@
 """Runs of a sweep on disk: the workdir a config trains in, and how far a workdir has got.
 
 A run's workdir is `ROOT/<config name>-<hash>`, the hash taken over the canonical JSON of every
-config field except those in NON_RESULT_FIELDS (how often to log, evaluate and checkpoint, where
+config field except `sbitnet.config.NON_RESULT_FIELDS` (how often to log, evaluate and checkpoint, where
 caches and TensorBoard files go, the device mesh, rematerialisation and the loss chunk size: they
 change speed, memory or file layout, and results only by float rounding). So the same config always
 lands in the same workdir (a resubmitted sweep resumes it, also on another mesh), and any change to
@@ -17,14 +17,9 @@ import json
 import os
 import re
 
-from sbitnet.config import Config, field_paths
+from sbitnet.config import NON_RESULT_FIELDS, Config, field_paths
 from sbitnet.metrics import read_metrics
 
-NON_RESULT_FIELDS = frozenset({
-    "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.tensorboard", "train.loss_chunk", "data.cache_dir", "model.remat",
-    "mesh.data", "mesh.fsdp", "mesh.tensor",
-})
 HASH_CHARS = 10
 STATUSES = ("done", "partial", "new")
 

@@ -106,6 +106,10 @@ class Checkpointer:
   def _restore(self, step: int, **items: ocp.args.CheckpointArgs) -> Any:
     """`manager.restore` of `items`, with any read failure reported as CheckpointUnreadable."""
     _drop_late_read_callbacks()
+    steps = sorted(self.manager.all_steps())
+    if step not in steps:
+      raise ValueError(f"No checkpoint at step {step} in {self.manager.directory}; it holds "
+                       f"steps {steps or 'none'}.")
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore raise many types for unreadable files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging as logging_std
 import os
 import sys
@@ -20,6 +21,7 @@ def define_config_flag() -> flags.FlagHolder:
   so unknown fields are reported (cleanly, exit 2) before it sees them."""
   try:
     check_override_paths(sys.argv[1:])
+    check_config_file(sys.argv[1:])
   except ConfigError as e:
     fail(str(e))
   return config_flags.DEFINE_config_file(
@@ -27,6 +29,26 @@ def define_config_flag() -> flags.FlagHolder:
       "Experiment config file `path/to/file.py[:arg]` defining get_config(arg); fields are "
       "overridden with --config.<field>=<value>. Default: the embedded tiny 6:8 Sparse BitNet.",
       lock_config=False)
+
+
+def check_config_file(argv: list[str], flag: str = "config") -> None:
+  """Loads a `--config=path[:arg]` experiment file and calls its `get_config(arg)` once, so that a
+  missing file or a bad argument is one ConfigError here rather than a traceback from inside the
+  flag parser (which loads it again)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  if spec is None:
+    return
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--{flag}={spec}: no file {path!r}; pass an experiment file such as "
+                      "experiments/four_arms.py[:arg].")
+  module_spec = importlib.util.spec_from_file_location("_sbitnet_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    module.get_config(arg or None)
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(f"--{flag}={spec}: {e}") from e
 
 
 class _QuietLibraries(logging_std.Filter):

@@ -91,7 +91,7 @@ class MeshConfig:
 
 @dataclasses.dataclass
 class Config:
-  name: str = "default"
+  name: str = "default"            # "" derives one from the preset and the arm (`run_name`)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
   quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
@@ -191,6 +191,38 @@ def field_paths(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
       out[path] = value
   return out
+
+
+# Fields that change speed, memory or file layout, and results only by float rounding: how often
+# to log, evaluate and checkpoint, where caches and TensorBoard files go, the device mesh,
+# rematerialisation and the loss chunk size. Every other field is result-affecting.
+NON_RESULT_FIELDS = frozenset({
+    "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.tensorboard", "train.loss_chunk", "data.cache_dir", "model.remat",
+    "mesh.data", "mesh.fsdp", "mesh.tensor",
+})
+# Result-affecting fields a resumed run may still change: its name, more (or fewer) steps, and
+# the initialisation source (a resume restores its own checkpoint instead).
+RESUMABLE_CHANGES = frozenset({"name", "train.steps", "train.init_from"})
+
+
+def result_changes(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
+  """`{field: (saved value, new value)}` for the result-affecting fields in which `cfg` differs
+  from a run's `saved` config, other than RESUMABLE_CHANGES."""
+  old, new = field_paths(saved), field_paths(cfg)
+  return {k: (old.get(k), v) for k, v in new.items()
+          if k not in NON_RESULT_FIELDS | RESUMABLE_CHANGES and old.get(k) != v}
+
+
+def run_name(cfg: Config) -> str:
+  """`cfg.name`, or when it is empty one from the preset and the arm, e.g.
+  `tiny-sparse-bitnet-6of8`, `tiny-dense-bf16`."""
+  if cfg.name:
+    return cfg.name
+  precision = "bitnet" if cfg.quant.weights == "ternary" else "bf16"
+  sp = cfg.sparsity
+  arm = f"sparse-{precision}-{sp.n}of{sp.m}" if sp.n else f"dense-{precision}"
+  return f"{cfg.model.preset}-{arm}"
 
 
 def check_override_paths(argv: list[str], flag: str = "config") -> None:

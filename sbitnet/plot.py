@@ -40,7 +40,12 @@ def plot_run(workdir: str, out: str | None = None) -> str:
 def main(argv: list[str]) -> None:
   del argv
   from absl import flags
-  print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out or None))
+
+  from sbitnet.cli import USER_ERRORS, fail
+  try:
+    print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out or None))
+  except USER_ERRORS as e:
+    fail(str(e))
 
 
 if __name__ == "__main__":

@@ -7,5 +7,7 @@ from sbitnet.config import Config
 
 
 def get_config(arg: str | None = None) -> Config:
+  """The name is derived from the preset and the arm (`config.run_name`), so that overriding the
+  arm (`--config.sparsity.n=2 --config.sparsity.m=4`) also gives the run its own directory."""
   del arg
-  return Config(name="tiny-sparse-bitnet-6of8")
+  return Config(name="")

@@ -86,10 +86,15 @@ def write_shards(documents: Iterable[tuple[bool, str]], tokenizer: Tokenizer, ou
   train, val = writers[False], writers[True]
   if not train.tokens or not val.tokens:
     empty = "training" if not train.tokens else "validation"
+    if train.docs + val.docs == 1:
+      raise ValueError(
+          f"The {empty} split is empty: the corpus is one document, and the splits are made of "
+          "whole documents (files, or records of a .jsonl/.parquet). Give two or more.")
     raise ValueError(
         f"The {empty} split is empty ({train.docs} train / {val.docs} val documents, "
         f"val_fraction={info.get('val_fraction')}): the corpus is too small to split, or "
-        f"val_fraction is too small. Add documents or change --config.data.val_fraction.")
+        f"val_fraction is too small. Add documents or change val_fraction "
+        f"(--config.data.val_fraction; --val_fraction for sbitnet.data.prepare).")
   meta = dict(
       format_version=FORMAT_VERSION, tokenizer=tokenizer.spec, vocab_size=tokenizer.vocab_size,
       bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, dtype=dtype.str,

@@ -166,7 +166,15 @@ def load_packed(path: str, *, implementation: str | None = None, dtype: str | No
   `int8_weights` also keeps each linear weight unpacked to int8 (`materialize_int8`)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No packed checkpoint at {path!r}.")
-  with np.load(path) as data:
+  not_packed = (f"{path!r} is not a packed sbitnet checkpoint (the .npz file that `python -m "
+                "sbitnet.export` writes)")
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise ValueError(f"{not_packed}: {str(e).splitlines()[0][:200]}") from e
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ValueError(f"{not_packed}: it holds one array, not an archive.")
+  with data:
     meta = read_meta(data, path)
     cfg, model_cfg = from_dict(meta["config"])
     if dtype is not None:

@@ -145,7 +145,11 @@ class Generator:
       raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0.")
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > self.max_positions:
+      room, new_room = self.max_positions - max_new_tokens, self.max_positions - longest
+      fixes = ([f"shorten the prompt to at most {room} tokens"] if room > 0 else []) + (
+          [f"ask for at most {new_room} new tokens"] if new_room > 0 else [])
+      fix = " or ".join(fixes) or (f"shorten the prompt and ask for fewer than "
+                                   f"{self.max_positions} new tokens")
       raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
                        f"{longest + max_new_tokens} positions exceeds the model's max_positions="
-                       f"{self.max_positions}; shorten the prompt to at most "
-                       f"{self.max_positions - max_new_tokens} tokens or ask for fewer new tokens.")
+                       f"{self.max_positions}; {fix}.")

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbitnet.ops import Prologue, WeightSpec, absmean_ternary, apply_weight_spec, nm_mask
+from sbitnet.ops import (Prologue, WeightSpec, absmean_ternary, apply_weight_spec, nm_mask,
+                         quantize_activations)
 from sbitnet.ops.sparse_ternary import spec_dot_general
 from sbitnet.ops.validation import check_act_bits
 
@@ -72,11 +73,23 @@ class SparseBitLinear(nnx.Module):
   def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
     """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`); with a `prologue`, x is
     its input (`[..., prologue.input_width(in)]`) and the layer computes `self(prologue(x))`."""
+    width = self.in_features if prologue is None else prologue.input_width(self.in_features)
+    if x.shape[-1:] != (width,):
+      given = "" if prologue is None else f" with {type(prologue).__name__}"
+      raise ValueError(f"x has shape {tuple(x.shape)}; this layer ({self.in_features} -> "
+                       f"{self.out_features}){given} needs its last axis to be {width}.")
+    dtype = self.dtype or x.dtype
+    act_bits = self.act_bits
     if prologue is not None:
-      x = prologue(x)
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
-    dot_general = spec_dot_general(self.spec, self.act_bits)
+      if self.spec.quant == "ternary" and act_bits is not None:
+        # Quantized from the prologue's float32 result, as the packed layer does
+        # (`sbitnet.ops.prologue`), so the int8 codes do not depend on the compute dtype.
+        x = quantize_activations(prologue(x, jnp.float32), act_bits)
+        act_bits = None
+      else:
+        x = prologue(x)
+    x = x.astype(dtype)
+    dot_general = spec_dot_general(self.spec, act_bits)
     y = dot_general(x, self.kernel[...], (((x.ndim - 1,), (0,)), ((), ())))
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)

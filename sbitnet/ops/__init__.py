@@ -1,7 +1,8 @@
 """Pure-JAX Sparse-BitNet ops (no Flax): masks, quantizers, the effective weight and its matmuls.
 
 Every function works under jit, grad, vmap, lax.scan, jax.checkpoint and shard_map, and keeps the
-dtype of its input.
+dtype of its input. Gradients are reverse mode: the effective weight's straight-through gradient
+is a custom VJP, so `jax.jvp` / `jacfwd` with respect to a weight are not defined.
 """
 
 from sbitnet.ops.kv_update import write_rows

@@ -7,7 +7,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from sbitnet.ops.validation import check_act_bits, check_float, check_split, normalize_axis
+from sbitnet.ops.validation import (check_act_bits, check_float, check_gamma, check_split,
+                                    normalize_axis)
 
 EPS = 1e-5
 
@@ -24,6 +25,10 @@ def absmean_scale(w: jax.Array, split: Sequence[int] | None = None, *,
 
   `split` lists the sizes of fused outputs along the last axis (e.g. q, k, v widths). Under
   `shard_map`, `axis_name` names the mesh axes `w` is sharded over so gamma is the global mean.
+  With `split`, those axes may shard only the leading (contraction) axes: each sub-matrix's sums
+  are added across shards position by position, so a shard of the output axis (whose columns
+  belong to other sub-matrices) would mix their gammas; shard the output axis with `jit`'s
+  shardings instead, or gather it first.
   """
   check_float("w", w)
   split = check_split(split, w.shape)
@@ -43,6 +48,8 @@ def absmean_scale(w: jax.Array, split: Sequence[int] | None = None, *,
 
 def scale_per_column(gamma: jax.Array, split: Sequence[int] | None) -> jax.Array:
   """Expands gamma `()` or `[len(split)]` to something that broadcasts against `[..., out]`."""
+  split = None if split is None else tuple(int(s) for s in split)
+  check_gamma(gamma, split)
   if split is None:
     return gamma
   return jnp.repeat(gamma, jnp.asarray(split), total_repeat_length=sum(split))
@@ -50,6 +57,8 @@ def scale_per_column(gamma: jax.Array, split: Sequence[int] | None) -> jax.Array
 
 def ternary_codes(w: jax.Array, gamma: jax.Array, split: Sequence[int] | None = None) -> jax.Array:
   """t = clip(round(w / max(gamma, eps)), -1, 1) as int8 (round half to even)."""
+  check_float("w", w)
+  split = check_split(split, w.shape)
   scale = jnp.maximum(scale_per_column(gamma, split), EPS)
   return jnp.clip(jnp.round(w.astype(jnp.float32) / scale), -1, 1).astype(jnp.int8)
 
@@ -60,15 +69,18 @@ def absmean_ternary(w: jax.Array, split: Sequence[int] | None = None, *,
   """Absmean ternary quantization (BitNet b1.58).
 
   Returns `(t, gamma)`: `t` int8 in {-1, 0, 1} shaped like `w`, `gamma` float32 `()` or
-  `[len(split)]`, with `gamma = mean|w|` and `t = clip(round(w / gamma), -1, 1)`, so that
-  `w ≈ t * gamma` (gamma broadcast per fused sub-matrix with `scale_per_column`).
+  `[len(split)]`, with `gamma = mean|w|` and `t = clip(round(w / max(gamma, eps)), -1, 1)`
+  (eps = 1e-5: a weight with mean|w| below it quantizes to all zeros), so that `w ≈ t * gamma`
+  (gamma broadcast per fused sub-matrix with `scale_per_column`).
   """
   gamma = absmean_scale(w, split, axis_name=axis_name)
   return ternary_codes(w, gamma, split), gamma
 
 
 def fake_ternary(w: jax.Array, gamma: jax.Array, split: Sequence[int] | None = None) -> jax.Array:
-  """gamma * clip(round(w / gamma), -1, 1) in the dtype of `w` (no gradient rule attached)."""
+  """gamma * clip(round(w / max(gamma, eps)), -1, 1) in the dtype of `w` (no gradient rule
+  attached)."""
+  split = check_split(split, w.shape)
   t = ternary_codes(w, gamma, split).astype(jnp.float32)
   return (t * scale_per_column(gamma, split)).astype(w.dtype)
 

@@ -29,7 +29,12 @@ class WeightSpec:
   order: "quant_then_mask" (gamma from the dense W) or "mask_then_quant" (gamma from mask ⊙ W).
   split: sizes of fused outputs along the last axis, one gamma each.
   sr_ste: SR-STE decay λ: the gradient gains λ·(1 − mask)⊙W (Zhou et al. 2021); 0 disables.
-  axis_name: mesh axes to average gamma over when called inside `shard_map` on a weight shard.
+  axis_name: mesh axes to average gamma over when called inside `shard_map` on a weight shard
+    (with `split`: axes that shard the contraction axis only, see `absmean_scale`).
+
+  The effective weight has a custom VJP (the straight-through gradient), so it supports reverse
+  mode (grad, vjp, forward-over-reverse) but not forward mode with respect to the weight
+  (`jax.jvp` / `jacfwd` raise).
   """
   n: int | None = None
   m: int | None = None
@@ -56,6 +61,8 @@ class WeightSpec:
                        "SR-STE uses 2e-4).")
     if self.split is not None:
       object.__setattr__(self, "split", tuple(int(s) for s in self.split))
+    if isinstance(self.axis_name, list):
+      object.__setattr__(self, "axis_name", tuple(self.axis_name))
 
   @property
   def sparse(self) -> bool:
@@ -161,7 +168,7 @@ def sparse_ternary_dot_general(n: int | None = None, m: int | None = None, *,
 def spec_dot_general(spec: WeightSpec, act_bits: int | None = 8) -> DotGeneral:
   """`sparse_ternary_dot_general` for a prepared `WeightSpec` (its `axis` is ignored)."""
   quantize_inputs = spec.quant == "ternary" and act_bits is not None
-  if quantize_inputs:
+  if act_bits is not None:
     check_act_bits(act_bits)
 
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
@@ -170,6 +177,10 @@ def spec_dot_general(spec: WeightSpec, act_bits: int | None = 8) -> DotGeneral:
     if len(rhs_contract) != 1 or len(lhs_contract) != 1 or lhs_batch or rhs_batch:
       raise ValueError("sparse_ternary_dot_general supports one contracting dimension and no batch "
                        f"dimensions; got dimension_numbers={dimension_numbers}.")
+    if lhs.shape[lhs_contract[0]] != rhs.shape[rhs_contract[0]]:
+      raise ValueError(f"x has shape {tuple(lhs.shape)} and the kernel {tuple(rhs.shape)}: x's "
+                       f"contracting axis ({lhs.shape[lhs_contract[0]]}) must match the "
+                       f"kernel's ({rhs.shape[rhs_contract[0]]} inputs).")
     w_eff = apply_weight_spec(rhs, dataclasses.replace(spec, axis=rhs_contract[0]))
     x = quantize_activations(lhs, act_bits, axis=lhs_contract[0]) if quantize_inputs else lhs
     extra = {} if out_sharding is None else {"out_sharding": out_sharding}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -32,10 +33,12 @@ def check_pattern(n: int | None, m: int | None, shape: Sequence[int] | None = No
   if n is None or m is None:
     raise ValueError(f"N:M sparsity needs both n and m (got n={n}, m={m}); "
                      "set both (e.g. n=6, m=8) or neither for a dense weight.")
-  if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int):
-    raise ValueError(f"n and m must be Python ints, got n={n!r}, m={m!r}.")
-  if m < 1 or not 1 <= n <= m:
-    raise ValueError(f"Invalid N:M pattern {n}:{m}: need 1 <= n <= m (e.g. 6:8, 2:4, 4:8).")
+  if (isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, numbers.Integral)
+      or not isinstance(m, numbers.Integral)):
+    raise ValueError(f"n and m must be integers, got n={n!r}, m={m!r}.")
+  if not 1 <= n < m:
+    raise ValueError(f"Invalid N:M pattern {n}:{m}: need 1 <= n < m (e.g. 6:8, 2:4, 4:8), or "
+                     "n=None and m=None for a dense weight.")
   if shape is not None:
     size = shape[axis]
     if size % m:
@@ -47,10 +50,12 @@ def check_pattern(n: int | None, m: int | None, shape: Sequence[int] | None = No
 
 
 def check_float(name: str, x: jnp.ndarray) -> None:
+  """Raises unless x is floating point; `name` "w" (a latent weight) or "x" (activations)."""
   if not jnp.issubdtype(x.dtype, jnp.floating):
+    hint = ("pass the latent (float32/bfloat16) weight, not a quantized one" if name == "w" else
+            "pass the float activations (they are quantized here)")
     raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype} with shape "
-                     f"{tuple(x.shape)}; pass the latent (float32/bfloat16) weight, not a "
-                     "quantized one.")
+                     f"{tuple(x.shape)}; {hint}.")
 
 
 def check_choice(name: str, value: object, choices: Sequence[object],
@@ -67,6 +72,14 @@ def check_split(split: Sequence[int] | None, shape: Sequence[int]) -> tuple[int,
     raise ValueError(f"split={split} must be positive sizes that add up to the last axis of the "
                      f"weight (shape {tuple(shape)}, last axis {shape[-1]}).")
   return split
+
+
+def check_gamma(gamma: jnp.ndarray, split: tuple[int, ...] | None) -> None:
+  """gamma must be `()` (one scale) or `[len(split)]` (one per fused sub-matrix)."""
+  want = () if split is None else (len(split),)
+  if tuple(jnp.shape(gamma)) != want:
+    raise ValueError(f"gamma has shape {tuple(jnp.shape(gamma))}; split={split} needs {want} "
+                     "(one gamma per fused sub-matrix, or a scalar without split).")
 
 
 def check_act_bits(bits: int) -> int:

@@ -20,24 +20,29 @@ _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<config name>).")
 _STOP_AT = flags.DEFINE_integer("stop_at", None, "Checkpoint and exit after this step (to fit a "
                                 "job's time slice); the next run resumes.")
+_FORCE_RESUME = flags.DEFINE_bool("force_resume", False, "Resume the workdir's run even where this "
+                                  "config changes a result-affecting field of its config.json "
+                                  "(the changes are logged).")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; use --flag=value.")
+  quiet_library_logs()
   from sbitnet import distributed
+  from sbitnet.config import run_name
   from sbitnet.train.run import prepare, train_run  # after flag parsing: imports JAX
   try:
     host = distributed.initialize().process_id  # before any other JAX work
   except USER_ERRORS as e:
     fail(str(e))
   logging.set_verbosity(logging.INFO if host == 0 else logging.WARNING)
-  quiet_library_logs()
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
-  print(f"sbitnet: run {cfg.name!r} in {os.path.abspath(workdir)}", flush=True)
+  name = run_name(cfg)
+  workdir = _WORKDIR.value or os.path.join("runs", name)
+  print(f"sbitnet: run {name!r} in {os.path.abspath(workdir)}", flush=True)
   try:
-    run = prepare(cfg, workdir)
+    run = prepare(cfg, workdir, _FORCE_RESUME.value)
   except USER_ERRORS as e:
     fail(str(e))
   try:
@@ -51,6 +56,14 @@ def main(argv: list[str]) -> None:
   if host:  # metrics, plots and the summary belong to host 0
     return
   png = plot_run(workdir)
+  steps = cfg.train.steps
+  if summary["step"] < steps:  # --stop_at: a time slice, not the end of the run
+    print(f"\nStopped at step {summary['step']} of {steps} (--stop_at); checkpoint in "
+          f"{summary['checkpoints']}. Run the same command again to continue.", flush=True)
+    return
+  if summary["step"] > steps:
+    print(f"\nThe run in {workdir} was already at step {summary['step']}, past "
+          f"train.steps={steps}: nothing was trained.", flush=True)
   print(f"\nDone at step {summary['step']}: validation PPL {summary['val_ppl']:.3f} "
         f"(unigram baseline {summary['unigram_ppl']:.2f}).\n"
         f"  metrics:     {os.path.abspath(summary['metrics'])}\n"

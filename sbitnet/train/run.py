@@ -16,7 +16,8 @@ from flax import nnx
 
 from sbitnet import data as data_lib
 from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta
-from sbitnet.config import Config, ConfigError, ModelConfig, resolved_model, to_json, validate
+from sbitnet.config import (Config, ConfigError, ModelConfig, from_dict, read_config_json,
+                            resolved_model, result_changes, to_json, validate)
 from sbitnet.metrics import MetricsWriter, peak_flops
 from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
 from sbitnet.sharding import batch_sharding, check_nm_shards, make_mesh, with_mesh
@@ -43,13 +44,20 @@ class Run:
   mesh: Any
 
 
-def prepare(cfg: Config, workdir: str) -> Run:
+def prepare(cfg: Config, workdir: str, force_resume: bool = False) -> Run:
   """Validates the config, data, mesh and workdir (nothing is written, nothing trained).
+
+  Resuming a run whose `config.json` differs from `cfg` in a result-affecting field (other than
+  `config.RESUMABLE_CHANGES`) is refused unless `force_resume`, which logs the differences.
 
   Raises ConfigError / ValueError / FileNotFoundError / CheckpointMismatch with one-paragraph
   messages naming the bad value.
   """
   validate(cfg, resolved_model(cfg.model, 0))
+  if cfg.train.warmup_steps >= cfg.train.steps:
+    logging.warning("train.warmup_steps=%d >= train.steps=%d: the learning rate never reaches "
+                    "its peak (set --config.train.warmup_steps lower for a short run).",
+                    cfg.train.warmup_steps, cfg.train.steps)
   data_lib.validate(cfg.data)
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -71,12 +79,34 @@ def prepare(cfg: Config, workdir: str) -> Run:
     existing = Checkpointer(ckpt_dir, read_only=True)
     if existing.latest_step() is not None:
       existing.check_compatible(model_meta(model_cfg))
+      check_resume(cfg, workdir, force_resume)
   if cfg.train.init_from:
     source = Checkpointer(checkpoint_dir(cfg.train.init_from), read_only=True)
     if source.latest_step() is None:
       raise ConfigError(f"train.init_from={cfg.train.init_from!r} holds no checkpoint.")
     source.check_compatible(model_meta(model_cfg))
   return Run(cfg, model_cfg, workdir, splits, mesh)
+
+
+def check_resume(cfg: Config, workdir: str, force: bool) -> None:
+  """Raises ConfigError when `cfg` changes a result-affecting field of the run in `workdir` (its
+  `config.json`), naming each; with `force` only logs them. A run without a readable
+  `config.json` (older schema) is not checked."""
+  try:
+    saved, _ = from_dict(read_config_json(workdir, "the run's resolved config"))
+  except (FileNotFoundError, TypeError, KeyError, ValueError):
+    return
+  changes = result_changes(saved, cfg)
+  if not changes:
+    return
+  listing = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
+  if force:
+    logging.warning("Resuming %s with changed fields (--force_resume): %s.", workdir, listing)
+    return
+  raise ConfigError(
+      f"{workdir} holds a run with another config; resuming it would train a different "
+      f"experiment on its checkpoint. Changed: {listing}. Use a fresh --workdir, start from its "
+      f"weights with --config.train.init_from={workdir}, or pass --force_resume to resume anyway.")
 
 
 def global_batch(tree: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -190,13 +220,13 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
           progress.update(done, metrics["loss"], last_eval.get("val_ppl"))
         else:
           progress.update(done)
-        if done % tr.stats_every == 0 or done == last:
+        if done % tr.stats_every == 0 or done == tr.steps:
           masks, stats = (dense_stats_step if dense_phase else stats_step)(state.params)
           if masks and prev_masks is not None and masks.keys() == prev_masks.keys():
             stats["flip_rate"] = flip_rate(prev_masks, masks, mask_sizes)
           prev_masks = masks or None
           writer.write(done, stats)
-        if done % tr.eval_every == 0 or done == last:
+        if done % tr.eval_every == 0 or done == tr.steps:
           last_eval = evaluate(eval_step, state.params, val_batches)
           writer.write(done, last_eval)
           logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
@@ -217,7 +247,7 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
       checkpointer.wait()
       writer.close()
 
-  if not last_eval and stopped_by is None:
+  if not last_eval and stopped_by is None and int(state.step) >= tr.steps:
     last_eval = evaluate(eval_step, state.params, val_batches)
   return {"step": int(state.step), **last_eval, "stopped_by": stopped_by,
           "unigram_ppl": run.splits.unigram_ppl_val,

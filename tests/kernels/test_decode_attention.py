@@ -134,5 +134,9 @@ def test_dispatch_and_errors():
   f32 = [a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a for a in args]
   with pytest.raises(ValueError, match="a bfloat16 or float16 cache .* got qkv float32"):
     decode_attention(*f32, n_heads=4, implementation="pallas")
+  for bad in (pallas_triton.Config(splits=0), pallas_triton.Config(block_s=8),
+              pallas_triton.Config(num_warps=3)):
+    with pytest.raises(ValueError, match="not a valid decode-attention config"):
+      decode_attention(*args, n_heads=4, implementation="pallas", config=bad)
   huge = jax.ShapeDtypeStruct((2, 2**22, 2, 256), jnp.bfloat16)  # 2^32 elements, never allocated
   assert not pallas_fits(args[0], huge) and pallas_fits(args[0], args[1])

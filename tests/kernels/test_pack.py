@@ -74,3 +74,17 @@ def test_errors_name_the_problem():
     unpack(dataclasses.replace(p, version=7))
   with pytest.raises(ValueError, match="uint8"):
     unpack(dataclasses.replace(p, codes=p.codes.astype(jnp.int8)))
+  with pytest.raises(ValueError, match=r"split=\(8, 4\) adds up to 12, but the weight has 16"):
+    unpack(dataclasses.replace(p, split=(8, 4)))
+
+
+def test_values_outside_ternary_raise_eagerly_and_stay_in_their_row_under_jit():
+  """A code out of {-1, 0, 1} would carry into the next bit plane (another K row): eagerly it is
+  an error naming it; under jit (no value to check) it is clipped, so only its own weight
+  changes."""
+  t = jnp.zeros((128, 2), jnp.int8).at[0, 1].set(-2)
+  with pytest.raises(ValueError, match=r"t\[0, 1\] = -2"):
+    pack(t, jnp.float32(1))
+  codes = jax.jit(lambda t: pack(t, jnp.float32(1)).codes)(t)
+  unpacked = unpack(PackedTernary(codes, jnp.ones(2, jnp.float32), in_features=128))[0]
+  np.testing.assert_array_equal(unpacked, jnp.clip(t, -1, 1))

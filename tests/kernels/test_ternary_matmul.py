@@ -176,6 +176,17 @@ def test_errors_name_the_problem():
     ternary_matmul(x, dataclasses.replace(p, scale=p.scale.astype(jnp.bfloat16)))
   with pytest.raises(ValueError, match=r"int8_weight must be int8 \[16, 128\].*int8 \[128, 16\]"):
     ternary_matmul(x, p, quantize_x=True, int8_weight=unpack_int8(p).T)
+  with pytest.raises(ValueError, match="selects a Pallas kernel's tiles; implementation='xla'"):
+    ternary_matmul(x, p, implementation="xla", config=Config())
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+@pytest.mark.parametrize("quantize_x", [False, True], ids=["bf16", "int8"])
+def test_no_rows_give_an_empty_product(implementation, quantize_x):
+  _, _, _, p = _case(9, 2, 128, 16, (2, 4))
+  y = ternary_matmul(jnp.ones((0, 3, 128), jnp.bfloat16), p, quantize_x=quantize_x,
+                     implementation=implementation)
+  assert y.shape == (0, 3, 16) and y.dtype == jnp.bfloat16
 
 
 def test_kept_int8_weight_is_used_and_gives_the_same_product():

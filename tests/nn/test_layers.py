@@ -5,7 +5,8 @@ import pytest
 from flax import linen, nnx
 
 from sbitnet.nn import RMSNorm, SparseBitLinear
-from sbitnet.ops import SwiGLUPrologue, bitlinear, nm_mask, sparse_ternary_dot_general, swiglu
+from sbitnet.ops import (SwiGLUPrologue, absmax_int8, bitlinear, nm_mask, quantize_activations,
+                         sparse_ternary_dot_general, swiglu)
 
 X = jax.random.normal(jax.random.key(0), (2, 3, 32))
 
@@ -78,19 +79,33 @@ def test_rmsnorm():
 
 
 def test_linear_prologue_is_the_op_applied_first():
-  """`linear(x, prologue)` is `linear(prologue(x))` for the norm's prologue and SwiGLU's, whose
-  math is float32 with one rounding to x's dtype; SwiGLU takes [gate | up] and refuses odd
-  widths."""
+  """`linear(x, prologue)` applies the prologue (the norm's or SwiGLU's, float32 math) first; a
+  quantizing layer quantizes its float32 result, as the packed layer does (no rounding to x's
+  dtype in between: the int8 codes differ at a few % of values otherwise), then multiplies in
+  x's dtype; a full-precision layer is `linear(prologue(x))`. SwiGLU takes [gate | up] and
+  refuses odd widths."""
   layer = SparseBitLinear(32, 16, n=6, m=8, rngs=nnx.Rngs(0))
+  w = layer.effective_weight().astype(jnp.bfloat16)
   norm = RMSNorm(32)
   norm.scale[...] = jnp.linspace(0.5, 1.5, 32)
-  xb = X.astype(jnp.bfloat16)
-  np.testing.assert_array_equal(layer(xb, norm.prologue()), layer(norm(xb)))
+  xb = (X * 3).astype(jnp.bfloat16)
+  pro = norm.prologue()
+  expected = quantize_activations(pro(xb, jnp.float32)).astype(jnp.bfloat16) @ w
+  np.testing.assert_array_equal(layer(xb, pro), expected)
+  assert (absmax_int8(pro(xb, jnp.float32))[0] != absmax_int8(pro(xb))[0]).any()
+  full = SparseBitLinear(32, 16, n=6, m=8, quant="none", rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(full(xb, pro), full(norm(xb)))
   gate_up = jax.random.normal(jax.random.key(3), (2, 3, 64)).astype(jnp.bfloat16)
   g, u = np.asarray(gate_up[..., :32], np.float32), np.asarray(gate_up[..., 32:], np.float32)
   expected = (g / (1 + np.exp(-g)) * u).astype(jnp.bfloat16)
   np.testing.assert_allclose(np.asarray(swiglu(gate_up), np.float32),
                              np.asarray(expected, np.float32), rtol=1e-2)
-  np.testing.assert_array_equal(layer(gate_up, SwiGLUPrologue()), layer(swiglu(gate_up)))
+  expected = quantize_activations(swiglu(gate_up, jnp.float32)).astype(jnp.bfloat16) @ w
+  np.testing.assert_array_equal(layer(gate_up, SwiGLUPrologue()), expected)
+  with pytest.raises(ValueError, match=r"\(2, 3, 32\); this layer \(32 -> 16\) with "
+                                       r"SwiGLUPrologue needs its last axis to be 64"):
+    layer(gate_up[..., :32], SwiGLUPrologue())
+  with pytest.raises(ValueError, match=r"needs its last axis to be 32"):
+    layer(gate_up)
   with pytest.raises(ValueError, match=r"SwiGLU takes x \[..., 2K\].*\(2, 3, 63\), whose last"):
     swiglu(gate_up[..., :63])

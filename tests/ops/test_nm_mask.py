@@ -43,15 +43,26 @@ def test_nan_is_kept_and_counts_stay_exact():
   np.testing.assert_array_equal(nm_mask(w, 2, 4)[:, 0], [False, True, True, False])
 
 
-def test_n_equal_m_keeps_all_and_bf16_input():
+def test_bf16_input_and_numpy_integer_pattern():
   w = jax.random.normal(jax.random.key(2), (8, 4), jnp.bfloat16)
-  assert nm_mask(w, 8, 8).all()
   assert nm_mask(w, 6, 8).dtype == jnp.bool_
+  np.testing.assert_array_equal(nm_mask(w, np.int64(6), np.int64(8)), nm_mask(w, 6, 8))
+
+
+def test_signed_integers_rank_by_exact_magnitude():
+  """int8 -128 is the largest magnitude (jnp.abs would wrap it to -128, the smallest)."""
+  w = jnp.array([[-128], [5], [3], [0], [-7], [127], [-127], [1]], jnp.int8)
+  assert nm_mask(w, 1, 4).ravel().tolist() == [True, False, False, False,
+                                                False, True, False, False]
+  w32 = jnp.array([[-2**31], [2**31 - 1]], jnp.int32)
+  assert nm_mask(w32, 1, 2).ravel().tolist() == [True, False]
 
 
 @pytest.mark.parametrize("n,m,shape,match", [
-    (0, 8, (16, 4), "1 <= n <= m"),
-    (9, 8, (16, 4), "1 <= n <= m"),
+    (0, 8, (16, 4), "1 <= n < m"),
+    (9, 8, (16, 4), "1 <= n < m"),
+    (8, 8, (16, 4), "1 <= n < m.*n=None and m=None for a dense weight"),
+    (6.0, 8, (16, 4), "must be integers"),
     (6, 8, (12, 4), r"shape \(12, 4\).*axis 0 has size 12.*m=8.*Valid m for this axis: 2, 3, 4, 6, 12"),
     (2, 4, (7, 4), "axis 0 has size 7"),
 ])

@@ -80,7 +80,11 @@ def test_zero_input_is_finite():
 
 
 def test_bad_inputs():
-  with pytest.raises(ValueError, match="floating-point.*int32"):
+  with pytest.raises(ValueError, match="floating-point.*int32.*latent"):
     absmean_ternary(jnp.ones((8, 8), jnp.int32))
+  with pytest.raises(ValueError, match="gamma has shape \\(3,\\); split=\\(1, 2\\) needs \\(2,\\)"):
+    fake_ternary(jnp.ones((2, 3)), jnp.ones(3), split=(1, 2))
+  with pytest.raises(ValueError, match="split=\\(1, 1\\) must be positive sizes that add up"):
+    fake_ternary(jnp.ones((2, 3)), jnp.ones(2), split=(1, 1))
   with pytest.raises(ValueError, match="act_bits=3 is not supported"):
     quantize_activations(jnp.ones((2, 8)), bits=3)

@@ -92,7 +92,8 @@ def test_keeps_dtype():
     (dict(n=6, m=8, grad="sparse"), "grad='sparse' is not valid"),
     (dict(n=6), "needs both n and m"),
     (dict(n=6, m=8, mask_from="quantized", quant="none"), "mask_from='quantized' needs"),
-    (dict(n=5, m=5, axis=1), "does not fit a weight of shape \\(32, 24\\).*axis 1 has size 24"),
+    (dict(n=4, m=5, axis=1), "does not fit a weight of shape \\(32, 24\\).*axis 1 has size 24"),
+    (dict(n=8, m=8), "need 1 <= n < m"),
 ])
 def test_invalid_options(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -113,6 +114,23 @@ def test_bitlinear_equals_manual_composition():
                              x @ sparse_ternary_weight(W, 6, 8, quant="none"), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(bitlinear(x, W, act_bits=None), x @ sparse_ternary_weight(W),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_bitlinear_checks_widths_and_act_bits():
+  with pytest.raises(ValueError, match=r"x's contracting axis \(24\) must match the kernel's "
+                                       r"\(32 inputs\)"):
+    bitlinear(jnp.ones((2, 24)), W, 6, 8)
+  with pytest.raises(ValueError, match="act_bits=3 is not supported"):
+    bitlinear(jnp.ones((2, 32)), W, 6, 8, quant="none", act_bits=3)
+  with pytest.raises(ValueError, match="x must be a floating-point array.*pass the float "
+                                       "activations"):
+    bitlinear(jnp.ones((2, 32), jnp.int8), W, 6, 8)
+
+
+def test_weight_spec_takes_a_list_of_axis_names():
+  from sbitnet.ops import WeightSpec
+  assert hash(WeightSpec(6, 8, axis_name=["data", "fsdp"])) == hash(
+      WeightSpec(6, 8, axis_name=("data", "fsdp")))
 
 
 def test_bitlinear_bf16_in_bf16_out():

@@ -43,4 +43,5 @@ def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path):
 
   resumed = run_cli("sbitnet.train", f"--workdir={workdir}", f"--stop_at={saved + 2}", *flags)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Stopped at step {saved + 2} of" in resumed.stdout
   assert logged_steps(workdir)[-2:] == [saved + 1, saved + 2]

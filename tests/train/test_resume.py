@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sbitnet.checkpoint import Checkpointer
+from sbitnet.config import ConfigError
 from sbitnet.train.run import NonFiniteLoss, prepare, train_run
 from tests.train.helpers import replace, tiny_config
 
@@ -15,8 +16,8 @@ def losses(workdir):
     return [r["loss"] for r in map(json.loads, f) if "loss" in r]
 
 
-def train(cfg, workdir, stop_at=None):
-  return train_run(prepare(cfg, str(workdir)), stop_at)
+def train(cfg, workdir, stop_at=None, force_resume=False):
+  return train_run(prepare(cfg, str(workdir), force_resume), stop_at)
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -28,6 +29,15 @@ def test_resume_is_bit_exact(tmp_path):
   straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
   assert len(straight) == len(resumed) == 8
   assert straight == resumed
+
+  # A resume may train longer, but not another experiment on the same checkpoint.
+  workdir = str(tmp_path / "resumed")
+  prepare(replace(cfg, "train", steps=12, log_every=2), workdir)
+  other = replace(replace(cfg, "sparsity", n=2, m=4), "quant", weights="none")
+  with pytest.raises(ConfigError, match=r"another config.*quant.weights: 'ternary' -> 'none'; "
+                                        r"sparsity.m: 8 -> 4; sparsity.n: 6 -> 2\..*--force_resume"):
+    prepare(other, workdir)
+  prepare(other, workdir, force_resume=True)
 
 
 @pytest.mark.slow  # two runs; init_from is also covered by tests/interop/test_hf_convert.py
@@ -50,7 +60,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   train(cfg, workdir, stop_at=2)
   bad = replace(cfg, "train", lr=3e38, warmup_steps=0)
   with pytest.raises(NonFiniteLoss, match="last good checkpoint \\(step 2\\)"):
-    train(bad, workdir)
+    train(bad, workdir, force_resume=True)
   checkpointer = Checkpointer(str(workdir / "checkpoints"), read_only=True)
   assert checkpointer.latest_step() == 2
   summary = train(cfg, workdir)

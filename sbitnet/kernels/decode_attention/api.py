@@ -95,5 +95,9 @@ def decode_attention(qkv: jax.Array, keys: jax.Array, values: jax.Array, lengths
                      f"qkv {qkv.dtype}, cache {keys.dtype} {tuple(keys.shape)}; use "
                      "implementation='xla' or 'cudnn'.")
   config = config or choose_config(batch, keys.shape[2], keys.shape[1])
+  c = config
+  if c.block_s < 16 or c.splits < 1 or c.num_warps not in (1, 2, 4, 8, 16) or c.num_stages < 1:
+    raise ValueError(f"{c} is not a valid decode-attention config: block_s must be >= 16, "
+                     "splits >= 1, num_warps a power of two up to 16 and num_stages >= 1.")
   return pallas_triton.decode_attention(qkv, keys, values, lengths, cos, sin, n_heads=n_heads,
                                         config=config, interpret=not gpu)

@@ -17,10 +17,6 @@ from sbitnet.ops.validation import check_float, check_pattern, check_split
 IMPLEMENTATIONS = ("xla", "pallas")
 
 
-def _dense(n: int | None, m: int | None) -> bool:
-  return n is None or n == m
-
-
 def sparse_quantize_pack(w: jax.Array, n: int | None = None, m: int | None = None,
                          split: Sequence[int] | None = None, *,
                          implementation: str | None = None) -> PackedTernary:
@@ -44,7 +40,7 @@ def sparse_quantize_pack(w: jax.Array, n: int | None = None, m: int | None = Non
   if implementation not in (None,) + IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} is not valid; choose one of "
                      f"{IMPLEMENTATIONS} or None.")
-  fits = _dense(n, m) or m in pallas_triton.SUPPORTED_M
+  fits = n is None or m in pallas_triton.SUPPORTED_M
   if implementation == "pallas" and not fits:
     raise ValueError(f"the Pallas kernel supports m in {pallas_triton.SUPPORTED_M} (got {n}:{m}); "
                      "use implementation='xla'.")
@@ -58,8 +54,7 @@ def sparse_quantize_pack(w: jax.Array, n: int | None = None, m: int | None = Non
   c16 = -(-cols // 16) * 16
   wp = jnp.pad(w, ((0, padded_rows(k) - k), (0, c16 - cols)))
   sp = jnp.pad(jnp.maximum(col_scale, EPS), (0, c16 - cols), constant_values=1.0)
-  dense = _dense(n, m)
   codes = pallas_triton.mask_quantize_pack(
-      wp, sp, n=None if dense else n, m=None if dense else m, block_n=block_n_for(c16, 64),
+      wp, sp, n=n, m=m, block_n=block_n_for(c16, 64),
       interpret=jax.default_backend() != "gpu")
   return PackedTernary(codes[:, :cols].T, col_scale, in_features=k, split=split)

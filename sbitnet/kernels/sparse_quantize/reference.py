@@ -15,6 +15,6 @@ def sparse_quantize_pack(w: jax.Array, n: int | None, m: int | None,
   """`pack(nm_mask(w, n, m) * t, gamma)` with `(t, gamma) = absmean_ternary(w, split)` (gamma
   from the dense `w`: quant-then-mask). w: float `[K, N]`; groups of m run along K."""
   t, gamma = absmean_ternary(w, split)
-  if n is not None and n < m:
+  if n is not None:
     t = t * nm_mask(w, n, m, axis=0).astype(t.dtype)
   return pack(t, gamma, split)

@@ -275,8 +275,13 @@ def ternary_matmul(x: jax.Array, p: PackedTernary, *, quantize_x: bool = False,
                                   or int8_weight.shape != p.shape[::-1]):
     raise ValueError(f"int8_weight must be int8 {list(p.shape[::-1])} (unpack_int8 of this "
                      f"weight), got {int8_weight.dtype} {list(int8_weight.shape)}.")
+  if config is not None and implementation == "xla":
+    raise ValueError(f"config={config} selects a Pallas kernel's tiles; implementation='xla' "
+                     "runs no kernel. Pass implementation='pallas' (or None) or drop config.")
   lead = x.shape[:-1]
   m = math.prod(lead)
+  if m == 0:  # no rows: nothing for a kernel to do
+    return jnp.zeros((*lead, p.shape[1]), x.dtype)
   x2 = x.reshape(m, x.shape[-1])
   kept = int8_weight is not None
   impl = implementation or _pick(m, *p.shape, x.dtype, quantize_x, kept)

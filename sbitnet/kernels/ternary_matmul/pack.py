@@ -77,13 +77,17 @@ def check_packed(p: PackedTernary) -> None:
   if p.scale.dtype != jnp.float32 or p.scale.shape != (p.codes.shape[0],):
     raise ValueError(f"PackedTernary.scale must be float32 [{p.codes.shape[0]}], got "
                      f"{p.scale.dtype} {tuple(p.scale.shape)}.")
+  if p.split is not None and sum(p.split) != p.codes.shape[0]:
+    raise ValueError(f"PackedTernary.split={p.split} adds up to {sum(p.split)}, but the weight "
+                     f"has {p.codes.shape[0]} output columns.")
 
 
 def pack(t: jax.Array, gamma: jax.Array, split: Sequence[int] | None = None) -> PackedTernary:
   """Packs ternary codes and their scale(s).
 
   Args:
-    t: int8 `[K, N]` with values in {-1, 0, 1} (any N:M pattern; values are not checked).
+    t: int8 `[K, N]` with values in {-1, 0, 1} (any N:M pattern). A concrete `t` with other
+      values raises; under `jit` they are clipped to {-1, 0, 1}.
     gamma: float `()` or `[len(split)]`, as returned by `sbitnet.ops.absmean_ternary`.
     split: sizes of fused sub-matrices along N, one gamma each.
 
@@ -96,14 +100,28 @@ def pack(t: jax.Array, gamma: jax.Array, split: Sequence[int] | None = None) -> 
   want = () if split is None else (len(split),)
   if jnp.shape(gamma) != want:
     raise ValueError(f"gamma must have shape {want} for split={split}, got {jnp.shape(gamma)}.")
+  _check_ternary(t)
   k, n = t.shape
   kp = padded_rows(k)
-  codes = (t.T + 1).astype(jnp.uint8)
+  codes = (jnp.clip(t.T, -1, 1) + 1).astype(jnp.uint8)
   codes = jnp.pad(codes, ((0, 0), (0, kp - k)), constant_values=1)
   planes = codes.reshape(n, kp // TILE_K, 4, PLANE_ROWS)
   packed = sum(planes[:, :, q] << (2 * q) for q in range(4)).astype(jnp.uint8)
   scale = jnp.broadcast_to(scale_per_column(jnp.asarray(gamma, jnp.float32), split), (n,))
   return PackedTernary(packed.reshape(n, kp // 4), scale, in_features=k, split=split)
+
+
+def _check_ternary(t: jax.Array) -> None:
+  """Raises naming the first value of a concrete `t` outside {-1, 0, 1} (a traced one passes)."""
+  bad = (t < -1) | (t > 1)
+  try:
+    found = bool(jnp.any(bad))
+  except jax.errors.ConcretizationTypeError:
+    return
+  if found:
+    row, col = np.argwhere(np.asarray(bad))[0]
+    raise ValueError(f"pack takes ternary codes in {{-1, 0, 1}}; t[{row}, {col}] = "
+                     f"{int(t[row, col])}.")
 
 
 def unpack_codes(codes: jax.Array) -> jax.Array:
