@@ -94,7 +94,10 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     if not sep or not path:
       raise ConfigError(f"--set={item!r} is not field=value (e.g. --set=train.steps=1000).")
     overrides[path] = value
-  check_override_paths([f"--config.{path}={value}" for path, value in overrides.items()])
+  try:
+    check_override_paths([f"--config.{path}={value}" for path, value in overrides.items()])
+  except ConfigError as e:
+    raise ConfigError(str(e).replace("'--config.", "'--set=")) from e
   return overrides
 
 

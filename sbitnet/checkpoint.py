@@ -74,16 +74,17 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
 
-  def check_compatible(self, meta: dict, step: int | None = None) -> None:
-    """Raises CheckpointMismatch naming the differing model fields."""
+  def check_compatible(self, meta: dict, step: int | None = None,
+                       fix: str = "Use a matching config, or a fresh --workdir.") -> None:
+    """Raises CheckpointMismatch naming the differing model fields, then `fix`."""
     saved = self.read_meta(step).get("model", {})
     wanted = meta["model"]
     diffs = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
     if diffs:
       listing = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
       raise CheckpointMismatch(
-          f"The checkpoint in {self.manager.directory} was written by a different model ({listing})."
-          " Use a matching config, or a fresh --workdir.")
+          f"The checkpoint in {self.manager.directory} was written by a different model "
+          f"({listing}). {fix}")
 
   def restore(self, state: TrainState, shardings: TrainState, step: int | None = None
               ) -> tuple[TrainState, dict]:

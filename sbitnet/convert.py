@@ -32,6 +32,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty outpu
 def main(argv: list[str]) -> None:
   del argv
   quiet_library_logs()
+  from sbitnet.config import read_config_json
   from sbitnet.interop.hf_convert import export_hf, import_hf
   if (_FROM_HF.value is None) == (_TO_HF.value is None):
     fail("give exactly one of --from-hf=HF_DIR (import into --workdir) or --to-hf=OUT_DIR "
@@ -51,6 +52,14 @@ def main(argv: list[str]) -> None:
                        dtype=_DTYPE.value or "float32", overwrite=_OVERWRITE.value)
       weights = "effective (fake-quantized) weights" if _FAKE_QUANT.value else "latent weights"
       print(f"Exported {_WORKDIR.value} to {_TO_HF.value} as {arch} ({weights}).")
+      saved = read_config_json(_WORKDIR.value, "a training run's workdir")["config"]
+      ternary_or_sparse = (saved["quant"]["weights"] == "ternary" or saved["sparsity"]["n"])
+      if ternary_or_sparse and not _FAKE_QUANT.value:
+        print("  These are the latent weights, not the model that was evaluated (it masks and "
+              "quantizes them on the fly); --fake-quant exports that one.")
+      if saved["data"]["tokenizer"] == "byte":
+        print("  The run's tokenizer is the byte tokenizer (no file to export): re-import with "
+              "--tokenizer=byte.")
   except (*USER_ERRORS, FileExistsError) as e:
     fail(str(e))
 

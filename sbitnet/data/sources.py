@@ -132,8 +132,9 @@ def _expand(path: str, extension: str | None, source: str) -> tuple[str, tuple[s
                    if not name.startswith(".") and (extension is None or name.endswith(extension)))
     if not files:
       kind = f"{extension} file" if extension else "non-hidden file"
-      raise ValueError(f"The data directory {path!r} (source {source!r}) is empty: it holds no "
-                       f"{kind}. The path should be {_PATH_KINDS[source]}.")
+      raise ValueError(f"The data directory {path!r} (source {source!r}) holds no {kind}. The "
+                       f"path should be {_PATH_KINDS[source]}; for other files pick the source "
+                       "that reads them (data.source).")
   elif os.path.isfile(path):
     root, files = os.path.dirname(path) or ".", [path]
   else:

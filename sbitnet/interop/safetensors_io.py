@@ -78,3 +78,6 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
   numpy_api = _safetensors(f"Writing {path!r}").numpy
   numpy_api.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
                       metadata={"format": "pt"})
+  umask = os.umask(0)  # safetensors writes 0600; give it the mode any other new file gets
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)

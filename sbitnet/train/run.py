@@ -84,7 +84,9 @@ def prepare(cfg: Config, workdir: str, force_resume: bool = False) -> Run:
     source = Checkpointer(checkpoint_dir(cfg.train.init_from), read_only=True)
     if source.latest_step() is None:
       raise ConfigError(f"train.init_from={cfg.train.init_from!r} holds no checkpoint.")
-    source.check_compatible(model_meta(model_cfg))
+    source.check_compatible(model_meta(model_cfg), fix=(
+        "train.init_from needs a run of the same model shapes: set the model fields (preset, "
+        "d_model, ...) to the source run's, or start from another run."))
   return Run(cfg, model_cfg, workdir, splits, mesh)
 
 

@@ -66,6 +66,13 @@ def test_small_corpus_still_gets_a_val_file(tmp_path):
   assert (splits.meta["train_docs"], splits.meta["val_docs"]) == (2, 1)
 
 
+def test_one_document_cannot_be_split_and_says_so(tmp_path):
+  (tmp_path / "one.txt").write_text("a single document " * 50)
+  with pytest.raises(ValueError, match="the corpus is one document.*Give two or more"):
+    data.load_splits(data.DataConfig(source="text", path=str(tmp_path / "one.txt"),
+                                     cache_dir=str(tmp_path / "c")))
+
+
 def test_jsonl_source(jsonl_file, tmp_path):
   splits = data.load_splits(data.DataConfig(source="jsonl", path=str(jsonl_file), val_fraction=0.25,
                                             cache_dir=str(tmp_path / "cache")))
@@ -131,8 +138,10 @@ def test_bad_config(cfg, error, message):
 
 def test_empty_dirs(tmp_path):
   (tmp_path / ".hidden").write_text("not a document")
-  with pytest.raises(ValueError, match="is empty"):
+  with pytest.raises(ValueError, match="holds no non-hidden file"):
     data.validate(data.DataConfig(source="text", path=str(tmp_path)))
+  with pytest.raises(ValueError, match="holds no .jsonl file.*pick the source that reads them"):
+    data.validate(data.DataConfig(source="jsonl", path=str(tmp_path)))
   (tmp_path / "a.txt").write_text("")
   with pytest.raises(ValueError, match="only empty files"):
     data.validate(data.DataConfig(source="text", path=str(tmp_path)))

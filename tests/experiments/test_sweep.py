@@ -92,7 +92,7 @@ def test_clear_errors(tmp_path):
     sweep.load_experiment("experiments/nope.py")
   with pytest.raises(ValueError, match="defines no get_config and no sweep"):
     sweep.load_experiment(os.path.join(ROOT, "experiments", "common.py"))
-  with pytest.raises(ConfigError, match="Unknown config field 'train.stepz'"):
+  with pytest.raises(ConfigError, match="Unknown config field 'train.stepz' in '--set=train.stepz=3'"):
     sweep.parse_overrides(["train.stepz=3"])
   with pytest.raises(ConfigError, match="'train.steps' is not field=value"):
     sweep.parse_overrides(["train.steps"])

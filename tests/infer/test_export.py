@@ -149,6 +149,9 @@ def test_other_model_is_refused(loaded, packed_file, tmp_path):
   np.savez(tmp_path / "plain.npz", x=np.zeros(3))
   with pytest.raises(ValueError, match="not a packed sbitnet checkpoint"):
     load_packed(str(tmp_path / "plain.npz"))
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="config.json' is not a packed sbitnet checkpoint"):
+    load_packed(str(tmp_path / "config.json"))
 
 
 def test_prompt_longer_than_positions_is_refused(packed, loaded):
@@ -156,5 +159,7 @@ def test_prompt_longer_than_positions_is_refused(packed, loaded):
   with pytest.raises(ValueError, match=f"a prompt of {limit} tokens \\+ max_new_tokens=5 = "
                      f"{limit + 5} positions exceeds the model's max_positions={limit}"):
     Generator(packed).generate([[1] * limit], 5)
+  with pytest.raises(ValueError, match=f"ask for at most {limit - 3} new tokens\\.$"):
+    Generator(packed).generate([[1] * 3], limit)
   with pytest.raises(ValueError, match="every prompt non-empty"):
     Generator(packed).generate([[1], []], 5)

@@ -73,6 +73,18 @@ def test_dense_to_sparse_switches_half_way(tmp_path):
   assert zeros[0] < 0.25 <= zeros[-1]
 
 
+def test_a_bad_experiment_file_or_argument_is_one_config_error():
+  from sbitnet.cli import check_config_file
+  from sbitnet.config import ConfigError
+  with pytest.raises(ConfigError, match="no file 'experiments/nonexistent.py'"):
+    check_config_file(["--config=experiments/nonexistent.py"])
+  with pytest.raises(ConfigError, match="arm='sparse_bitnett' is not one of"):
+    check_config_file(["--config=experiments/four_arms.py:arm=sparse_bitnett"])
+  with pytest.raises(ConfigError, match="model='qwen2.5-3b' applies to scale=paper only"):
+    check_config_file(["--config=experiments/four_arms.py:scale=small,model=qwen2.5-3b"])
+  check_config_file(["--config=experiments/four_arms.py:arm=dense_bf16"])
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--config.sparsity.q=3"], "Unknown config field 'sparsity.q'"),
     (["--config.sparsity.n=5", "--config.sparsity.m=7"], "does not divide the model"),

@@ -38,6 +38,8 @@ def test_resume_is_bit_exact(tmp_path):
                                         r"sparsity.m: 8 -> 4; sparsity.n: 6 -> 2\..*--force_resume"):
     prepare(other, workdir)
   prepare(other, workdir, force_resume=True)
+  with pytest.raises(ValueError, match=r"No checkpoint at step 5 .* it holds steps \[4, 8\]"):
+    Checkpointer(str(tmp_path / "resumed" / "checkpoints"), read_only=True)._restore(5)
 
 
 @pytest.mark.slow  # two runs; init_from is also covered by tests/interop/test_hf_convert.py
