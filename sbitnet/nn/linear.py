@@ -72,13 +72,15 @@ class SparseBitLinear(nnx.Module):
 
   def __call__(self, x: jax.Array, prologue: Prologue | None = None) -> jax.Array:
     """x: `[..., in]` -> `[..., out]` in `dtype` (or the dtype of `x`); with a `prologue`, x is
-    its input (`[..., prologue.input_width(in)]`) and the layer computes `self(prologue(x))`."""
+    its input (`[..., prologue.input_width(in)]`) and the layer computes `self(prologue(x))`,
+    except that a quantizing layer quantizes the prologue's float32 result (as `PackedLinear`
+    and `ternary_matmul` do) rather than its value rounded to x's dtype."""
     width = self.in_features if prologue is None else prologue.input_width(self.in_features)
     if x.shape[-1:] != (width,):
       given = "" if prologue is None else f" with {type(prologue).__name__}"
       raise ValueError(f"x has shape {tuple(x.shape)}; this layer ({self.in_features} -> "
                        f"{self.out_features}){given} needs its last axis to be {width}.")
-    dtype = self.dtype or x.dtype
+    dtype = x.dtype if self.dtype is None else self.dtype
     act_bits = self.act_bits
     if prologue is not None:
       if self.spec.quant == "ternary" and act_bits is not None:
