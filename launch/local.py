@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import threading
 import time
 
 POLL_SECONDS = 0.2
+# Stop requests (preemption, a time limit) that the launcher passes on to its processes.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def free_port() -> int:
@@ -64,6 +67,14 @@ def launch(command: list[str], num_processes: int, devices_per_process: int = 1,
   streams = [threading.Thread(target=_stream, args=(rank, p)) for rank, p in enumerate(procs)]
   for t in streams:
     t.start()
+
+  def forward(signum, frame):  # a stop request to the launcher goes to every process
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
   try:
     codes = [p.poll() for p in procs]
     while not any(codes) and None in codes:
@@ -77,6 +88,8 @@ def launch(command: list[str], num_processes: int, devices_per_process: int = 1,
       p.wait()
     for t in streams:
       t.join()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
   return next((c for c in codes if c), 0)
 
 

@@ -38,7 +38,8 @@ from sbitnet.config import (Config, ConfigError, check_override_paths, field_pat
                             resolved_model, validate)
 
 POLL_SECONDS = 1.0
-REQUEUE_SECONDS = 300  # SIGUSR1 this long before the time limit: requeue the task
+REQUEUE_SECONDS = 300  # SIGUSR1 this long before the time limit: checkpoint, then requeue
+STOPPED_BY_USR1 = 128 + 10  # sbitnet.train's exit status after a SIGUSR1 stop
 
 _EXPERIMENT = flags.DEFINE_string("experiment", None, "Experiment file defining get_config(arg) "
                                   "and sweep(scale), e.g. experiments/nm_sweep.py.", required=True)
@@ -173,6 +174,10 @@ def local_gpus(requested: int) -> list[str]:
   return ids if requested < 0 else ids[:requested]
 
 
+# The environment of a run without GPUs: JAX on the CPU even where GPUs are visible.
+ON_CPU = {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int,
               runs_per_gpu: int = 1) -> int:
   """Trains the unfinished runs, `runs_per_gpu` at a time on each group of `gpus_per_run` GPUs
@@ -197,7 +202,7 @@ def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int,
         run = pending.pop(0)
         os.makedirs(run.workdir, exist_ok=True)
         group = slot[1]
-        env = (dict(os.environ) if group is None else
+        env = ({**os.environ, **ON_CPU} if group is None else
                {**os.environ, **shared, "CUDA_VISIBLE_DEVICES": group})
         with open(os.path.join(run.workdir, "train.log"), "a") as log:
           active[slot] = run, subprocess.Popen(run.command, env=env, stdout=log,
@@ -227,12 +232,14 @@ def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int,
 def sbatch_script(runs: list[SweepRun], name: str, root: str, nodes: int, gpus_per_node: int,
                   options: list[str]) -> str:
   """An sbatch array job, task i training runs[i] on `nodes` x `gpus_per_node` GPUs (one process
-  per GPU: sbitnet.distributed reads SLURM's variables). Requeue-friendly: a task requeues itself
-  on SIGUSR1 shortly before its time limit, and training resumes from the workdir."""
+  per GPU: sbitnet.distributed reads SLURM's variables). Requeue-friendly: SLURM sends the batch
+  shell SIGUSR1 REQUEUE_SECONDS before the time limit; it forwards the signal to the training
+  processes (srun relays it), which checkpoint at the next step they agree on and exit with
+  128 + SIGUSR1; the shell then requeues the task, which resumes from its workdir."""
   logs = os.path.abspath(os.path.join(root, "slurm"))
-  head = [f"--job-name=sbitnet-{name}", f"--array=0-{len(runs) - 1}", f"--nodes={nodes}",
+  head = [f'--job-name="sbitnet-{name}"', f"--array=0-{len(runs) - 1}", f"--nodes={nodes}",
           f"--ntasks-per-node={gpus_per_node}", f"--gpus-per-node={gpus_per_node}",
-          f"--output={logs}/%x-%A_%a.out", "--open-mode=append", "--requeue",
+          f'--output="{logs}/%x-%A_%a.out"', "--open-mode=append", "--requeue",
           f"--signal=B:USR1@{REQUEUE_SECONDS}", *options]
   cases = [f"  {i}) RUN=({shlex.join(run.command)}) ;;" for i, run in enumerate(runs)]
   return "\n".join([
@@ -247,14 +254,19 @@ def sbatch_script(runs: list[SweepRun], name: str, root: str, nodes: int, gpus_p
       *cases,
       '  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
       "esac",
-      'requeue() { echo "time limit near: requeueing"; '
-      'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; }',
-      "trap requeue USR1",
+      'stop() { echo "time limit near: asking the tasks to checkpoint and stop"; '
+      'kill -USR1 "$pid"; }',
+      "trap stop USR1",
       'srun --kill-on-bad-exit=1 "${RUN[@]}" &',
       "pid=$!",
-      'wait "$pid"; code=$?',
-      '# the trap ends the first wait early; srun runs on until SLURM stops it',
-      'if kill -0 "$pid" 2>/dev/null; then wait "$pid"; code=$?; fi',
+      "code=0",
+      'wait "$pid" || code=$?',
+      "# the trap ends a wait early; srun runs on until the tasks have checkpointed",
+      'while kill -0 "$pid" 2>/dev/null; do code=0; wait "$pid" || code=$?; done',
+      f"if [ \"$code\" -eq {STOPPED_BY_USR1} ]; then",
+      '  echo "stopped for the time limit: requeueing"',
+      '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+      "fi",
       'exit "$code"',
       ""])
 

@@ -169,7 +169,7 @@ def validate(cfg: Config, model: ModelConfig) -> None:
     raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_positions="
                       f"{model.max_positions} of preset {model.preset!r}.")
   for field in ("steps", "batch_size", "grad_accum", "log_every", "stats_every", "eval_every",
-                "checkpoint_every", "keep_checkpoints", "loss_chunk"):
+                "eval_batches", "checkpoint_every", "keep_checkpoints", "loss_chunk"):
     if getattr(tr, field) < 1:
       raise ConfigError(f"train.{field}={getattr(tr, field)} must be >= 1.")
   if tr.batch_size % tr.grad_accum:
@@ -201,9 +201,10 @@ NON_RESULT_FIELDS = frozenset({
     "train.tensorboard", "train.loss_chunk", "data.cache_dir", "model.remat",
     "mesh.data", "mesh.fsdp", "mesh.tensor",
 })
-# Result-affecting fields a resumed run may still change: its name, more (or fewer) steps, and
-# the initialisation source (a resume restores its own checkpoint instead).
-RESUMABLE_CHANGES = frozenset({"name", "train.steps", "train.init_from"})
+# Result-affecting fields a resumed run may still change: its name and the initialisation source
+# (a resume restores its own checkpoint instead). Not train.steps: the LR schedule and the
+# dense-to-sparse switch step are fractions of it, so changing it mid-run changes both.
+RESUMABLE_CHANGES = frozenset({"name", "train.init_from"})
 
 
 def result_changes(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:

@@ -35,6 +35,9 @@ class Allocation:
 
 
 def _int_env(env: dict[str, str], name: str) -> int:
+  if name not in env:
+    raise DistributedError(f"{name} is not set; it is needed with the other variables set here "
+                           "(a SLURM job step, or SBITNET_* from launch.local).")
   value = env[name]
   try:
     return int(value)
@@ -52,7 +55,11 @@ def allocation_from_env(env: dict[str, str] | None = None) -> Allocation:
                              "SBITNET_COORDINATOR (host:port of process 0), SBITNET_NUM_PROCESSES "
                              "and SBITNET_PROCESS_ID together, or none of them for one process.")
     ids = env.get("SBITNET_LOCAL_DEVICE_IDS")
-    ids = tuple(int(i) for i in ids.split(",")) if ids else None
+    try:
+      ids = tuple(int(i) for i in ids.split(",")) if ids else None
+    except ValueError:
+      raise DistributedError(f"SBITNET_LOCAL_DEVICE_IDS={ids!r} is not a comma-separated list of "
+                             "device ids (e.g. 0,1).") from None
     return Allocation("environment", _int_env(env, "SBITNET_NUM_PROCESSES"),
                       _int_env(env, "SBITNET_PROCESS_ID"), env["SBITNET_COORDINATOR"], ids,
                       len(ids) if ids else None)
@@ -69,6 +76,12 @@ def allocation_from_env(env: dict[str, str] | None = None) -> Allocation:
       return Allocation("slurm", tasks, rank, local_device_ids=tuple(range(gpus or 0)) or None,
                         devices_per_process=gpus)
     # one process per GPU: JAX gives each the GPU of its SLURM_LOCALID
+    per_node = tasks // nodes
+    if gpus and (tasks % nodes or per_node != gpus):
+      raise DistributedError(
+          f"SLURM runs {tasks} tasks on {nodes} nodes with {gpus} GPUs each: run one task per GPU "
+          f"(--ntasks-per-node={gpus}) or one per node (--ntasks-per-node=1), so that no GPU sits "
+          "idle.")
     return Allocation("slurm", tasks, rank, devices_per_process=1 if gpus else None)
   return Allocation("single process", 1, 0)
 

@@ -32,6 +32,8 @@ def main(argv: list[str]) -> None:
     fail(str(e))
   tr = loaded.cfg.train
   batches = _BATCHES.value if _BATCHES.value is not None else tr.eval_batches
+  if batches < 0:
+    fail(f"--batches={batches} must be >= 0 (0 = the whole validation split).")
   sharding = batch_sharding(make_mesh())
   val = [global_batch(b, sharding) for b in data_lib.eval_batches(
       splits, seq_len=loaded.cfg.data.seq_len, batch_size=tr.batch_size,

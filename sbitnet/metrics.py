@@ -34,19 +34,30 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsWriter:
-  """Appends one JSON object per call to `workdir/metrics.jsonl` (and TensorBoard scalars)."""
+  """Appends one JSON object per call to `workdir/metrics.jsonl` (and TensorBoard scalars).
 
-  def __init__(self, workdir: str, *, tensorboard: bool = False):
+  A run that starts at `start_step` (0 fresh, else the restored checkpoint's step) first drops
+  the records of later steps, which a run stopped between two checkpoints wrote and its
+  resumption writes again (a fresh start drops all of them, so nothing of an earlier run in the
+  same directory stays mixed in); TensorBoard purges them likewise."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = False, start_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.tb = None
+    if self.enabled and os.path.exists(self.path):
+      kept = [r for r in _records(self.path) if r["step"] <= start_step]
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(tmp, self.path)
     if self.enabled and tensorboard:
       try:
         from tensorboardX import SummaryWriter
       except ImportError as e:
         raise ImportError("train.tensorboard=True needs tensorboardX: pip install "
                           "'sbitnet[tensorboard]'.") from e
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -64,9 +75,22 @@ class MetricsWriter:
       self.tb.close()
 
 
+def _records(path: str) -> list[dict]:
+  """The records of a metrics.jsonl; a last line cut short by a killed run is skipped."""
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise ValueError(f"{path} line {i + 1} is not JSON: {line[:80]!r}") from None
+  return records
+
+
 def read_metrics(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"No metrics at {path}: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _records(path)

@@ -25,6 +25,22 @@ def test_jsonl_and_tensorboard(tmp_path):
   assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
 
 
+def test_a_resumed_run_drops_the_records_after_its_checkpoint(tmp_path):
+  """A run killed after step 6 with its last checkpoint at 4 logged 5 and 6 (and cut a line
+  short); resuming at 4 keeps steps <= 4 and appends cleanly; a fresh start keeps none."""
+  writer = MetricsWriter(str(tmp_path))
+  for step in range(1, 7):
+    writer.write(step, {"loss": float(step)})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "lo')
+  assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+  resumed = MetricsWriter(str(tmp_path), start_step=4)
+  resumed.write(5, {"loss": 5.5})
+  assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))][-2:] == [(4, 4.0), (5, 5.5)]
+  MetricsWriter(str(tmp_path), start_step=0)
+  assert read_metrics(str(tmp_path)) == []
+
+
 def test_read_metrics_names_a_missing_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="is .* a training workdir"):
     read_metrics(str(tmp_path / "nope"))

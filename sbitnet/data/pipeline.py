@@ -34,6 +34,12 @@ class _ReadHostRows(grain.transforms.Map):
     return read_windows(self._stream, window_ids[self._start:self._stop], self._seq_len)
 
 
+# How the training iterator reads ahead: grain's default (16 threads, 500 batches) would hold
+# hundreds of global batches in host memory; reading windows from memory-mapped tokens is cheap,
+# so a few threads and batches keep the device fed.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+
+
 def train_dataset(splits: Splits, *, seq_len: int, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """The infinite training batches; `ds[s]` is the batch of step `s`, a function of (seed, s).
@@ -45,7 +51,8 @@ def train_dataset(splits: Splits, *, seq_len: int, global_batch_size: int, seed:
   global_batch_size // process_count`, so the hosts' items concatenate to the global batch.
 
   Returns:
-    MapDataset of {"inputs": int32 [local, seq_len], "targets": int32 [local, seq_len]}.
+    MapDataset of {"inputs": int32 [local, seq_len], "targets": int32 [local, seq_len]}; iterate
+    it with `.to_iter_dataset(READ_OPTIONS)`.
   """
   _check_hosts(global_batch_size, process_index, process_count)
   windows = num_windows(splits.train, seq_len)
@@ -75,8 +82,9 @@ def eval_batches(splits: Splits, *, seq_len: int, batch_size: int, max_batches: 
   count = num_windows(splits.val, seq_len) // batch_size
   if count < 1:
     raise ValueError(f"The validation stream has {len(splits.val)} tokens, fewer than one batch "
-                     f"of {batch_size} sequences of seq_len + 1 = {seq_len + 1}; lower the eval "
-                     f"batch size or seq_len, or raise data.val_fraction.")
+                     f"of {batch_size} sequences of seq_len + 1 = {seq_len + 1}; lower "
+                     f"train.batch_size (evaluation batches have its size) or data.seq_len, or "
+                     f"raise data.val_fraction.")
   if max_batches is not None:
     count = min(count, max_batches)
   local = batch_size // process_count

@@ -9,7 +9,9 @@ writes DIR/train.bin, DIR/val.bin and DIR/meta.json (see `sbitnet.data.shards`).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import uuid
 
 from absl import app, flags
 
@@ -38,16 +40,28 @@ def prepare(cfg: DataConfig, out: str, *, overwrite: bool = False) -> Splits:
   corpus = checked_corpus(cfg)
   if corpus is None:
     raise ValueError("prepare reads a text source (stdlib, text, jsonl, parquet), not 'tokens'.")
-  meta_path = os.path.join(out, shards.META)
-  if os.path.exists(meta_path):
-    if not overwrite:
-      raise FileExistsError(f"{out!r} already holds prepared data ({shards.META}); pass "
-                            f"--overwrite to replace it, or choose another --out.")
-    os.remove(meta_path)
+  if os.path.exists(os.path.join(out, shards.META)) and not overwrite:
+    raise FileExistsError(f"{out!r} already holds prepared data ({shards.META}); pass "
+                          f"--overwrite to replace it, or choose another --out.")
+  if os.path.isdir(out):
+    others = sorted(set(os.listdir(out)) - {shards.TRAIN, shards.VAL, shards.META})
+    if others:
+      raise FileExistsError(f"{out!r} holds other files ({', '.join(others[:5])}); prepare "
+                            "writes into a directory of its own.")
   tokenizer = get_tokenizer(cfg.tokenizer)
   documents = iter_documents(corpus, text_field=cfg.text_field, val_fraction=cfg.val_fraction)
-  shards.write_shards(documents, tokenizer, out, info=dict(
-      source=corpus.description, files=len(corpus.files), val_fraction=cfg.val_fraction))
+  # Written beside `out` and renamed into place: a failed run leaves `out` as it was.
+  tmp = f"{os.path.normpath(out)}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    shards.write_shards(documents, tokenizer, tmp, info=dict(
+        source=corpus.description, files=len(corpus.files), val_fraction=cfg.val_fraction))
+    old = f"{os.path.normpath(out)}.old-{uuid.uuid4().hex[:8]}"
+    if os.path.exists(out):
+      os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   train, val, meta = shards.open_shards(out)
   return Splits(train, val, tokenizer, meta, out)
 

@@ -158,7 +158,9 @@ def _val_files(corpus: Corpus, val_fraction: float) -> frozenset[str]:
 
 
 def _jsonl_texts(path: str, text_field: str) -> Iterator[tuple[int, str]]:
-  with open(path, encoding="utf-8") as f:
+  """(line number, text) of each record; bytes that are not UTF-8 become U+FFFD, as in text
+  sources, and a leading byte-order mark is dropped."""
+  with open(path, encoding="utf-8-sig", errors="replace") as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sbitnet.infer.sampling import sample_tokens
+from sbitnet.infer.sampling import check_sampling, sample_tokens
 from sbitnet.models import DecoderLM
 from sbitnet.nn import KVCache
 
@@ -89,6 +89,7 @@ class Generator:
   def __init__(self, model: DecoderLM, *, chunk: int = DEFAULT_CHUNK):
     self.graphdef, self.state = nnx.split(model.unstacked())
     self.max_positions = model.model_cfg.max_positions
+    self.vocab_size = model.model_cfg.vocab_size
     self.chunk = chunk
     self._prefill = jax.jit(self._bind(prefill), static_argnames="max_len")
     self._decode = jax.jit(self._bind(decode), donate_argnames="cache",
@@ -111,6 +112,7 @@ class Generator:
     `max_new_tokens` does not fit the model's `max_positions`.
     """
     self._check(prompts, max_new_tokens)
+    check_sampling(temperature, top_k, top_p, self.vocab_size)
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     tokens = np.zeros((len(prompts), bucket(int(lengths.max()))), np.int32)
     for row, prompt in enumerate(prompts):

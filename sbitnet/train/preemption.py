@@ -41,11 +41,15 @@ class StopRequest:
 
   def agreed(self) -> bool:
     """Whether any process got a stop signal; a collective when there are several processes, so
-    call it at the same step on every process."""
-    local = self.signum is not None
+    call it at the same step on every process. A process that got none takes on the signal of
+    one that did (the largest number), so every process exits the same way."""
     if jax.process_count() == 1:
-      return local
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+      return self.signum is not None
+    signums = multihost_utils.process_allgather(np.asarray(self.signum or 0, np.int32))
+    agreed = int(np.max(signums))
+    if agreed and self.signum is None:
+      self.signum = agreed
+    return agreed != 0
 
   @property
   def name(self) -> str:

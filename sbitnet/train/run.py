@@ -72,6 +72,8 @@ def prepare(cfg: Config, workdir: str, force_resume: bool = False) -> Run:
   check_nm_shards(nnx.eval_shape(
       lambda: DecoderLM(cfg, shapes, rngs=nnx.Rngs(0))).sparse_layers(), mesh)
   splits = data_lib.load_splits(cfg.data)
+  data_lib.eval_batches(splits, seq_len=cfg.data.seq_len, batch_size=cfg.train.batch_size,
+                        max_batches=1)  # a validation split too small for one batch: an error now
   model_cfg = resolved_model(cfg.model, splits.vocab_size)
   validate(cfg, model_cfg)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -88,6 +90,11 @@ def prepare(cfg: Config, workdir: str, force_resume: bool = False) -> Run:
         "train.init_from needs a run of the same model shapes: set the model fields (preset, "
         "d_model, ...) to the source run's, or start from another run."))
   return Run(cfg, model_cfg, workdir, splits, mesh)
+
+
+# Multi-process runs check for a stop signal at least this often (steps): between two checks
+# SLURM's grace time must cover the steps, the checkpoint and the exit.
+STOP_CHECK_EVERY = 10
 
 
 def check_resume(cfg: Config, workdir: str, force: bool) -> None:
@@ -170,17 +177,17 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
                                    global_batch_size=tr.batch_size, seed=tr.seed,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  iterator = iter(dataset.to_iter_dataset())
+  iterator = iter(dataset.to_iter_dataset(data_lib.READ_OPTIONS))
   if data_state is not None:
     iterator.set_state(data_state)
   val_batches = [global_batch(b, batch_shard) for b in data_lib.eval_batches(
       run.splits, seq_len=cfg.data.seq_len, batch_size=tr.batch_size, max_batches=tr.eval_batches,
       process_index=jax.process_index(), process_count=jax.process_count())]
 
-  writer = MetricsWriter(run.workdir, tensorboard=tr.tensorboard)
+  start = int(state.step)
+  writer = MetricsWriter(run.workdir, tensorboard=tr.tensorboard, start_step=start)
   peak = peak_flops(jax.devices()[0])
   tokens_per_step = tr.batch_size * cfg.data.seq_len
-  start = int(state.step)
   pending_losses: list[jax.Array] = []
   prev_masks = None
   last_eval: dict[str, float] = {}
@@ -233,9 +240,10 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
           writer.write(done, last_eval)
           logging.info("step %d: val_loss %.4f val_ppl %.3f", done, last_eval["val_loss"],
                        last_eval["val_ppl"])
-        # Several processes agree on stopping only at steps they all log, one process at any step.
-        stopping = ((jax.process_count() == 1 or done % tr.log_every == 0) and done < last and
-                    stop.agreed())
+        # Several processes agree on stopping (a collective) at most every STOP_CHECK_EVERY
+        # steps and at the steps they log; one process at any step.
+        stopping = ((jax.process_count() == 1 or done % min(tr.log_every, STOP_CHECK_EVERY) == 0)
+                    and done < last and stop.agreed())
         if done % tr.checkpoint_every == 0 or done == last or stopping:
           check_finite(done)
           checkpointer.save(state, iterator.get_state(), meta)

@@ -63,6 +63,8 @@ def make_eval_step(graphdef: nnx.GraphDef, chunk: int) -> Callable:
 
 def evaluate(eval_step: Callable, params, batches: list[Batch]) -> dict[str, float]:
   """Token-weighted mean loss over `batches`: {"val_loss", "val_ppl" = exp(val_loss)}."""
+  if not batches:
+    raise ValueError("evaluate needs at least one validation batch.")
   total = count = 0.0
   for batch in batches:
     s, c = eval_step(params, batch)

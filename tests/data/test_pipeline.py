@@ -58,13 +58,13 @@ def test_epochs_cover_every_window_and_reshuffle(text_splits):
 
 def test_iterator_matches_random_access_and_state_round_trip(text_splits):
   make = lambda: data.train_dataset(text_splits, seq_len=SEQ, global_batch_size=BATCH, seed=1)
-  it = iter(make().to_iter_dataset())
+  it = iter(make().to_iter_dataset(data.READ_OPTIONS))
   consumed = [next(it) for _ in range(5)]
   direct = make()
   assert all(_equal(consumed[s], direct[s]) for s in range(5))
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  resumed = iter(make().to_iter_dataset())
+  resumed = iter(make().to_iter_dataset(data.READ_OPTIONS))
   resumed.set_state(state)
   assert all(_equal(resumed_batch, want) for resumed_batch, want in
              zip([next(resumed) for _ in range(3)], expected))
@@ -73,7 +73,7 @@ def test_iterator_matches_random_access_and_state_round_trip(text_splits):
 
 def test_grain_checkpoint_handler_round_trip(text_splits, tmp_path):
   make = lambda: iter(data.train_dataset(text_splits, seq_len=SEQ, global_batch_size=BATCH,
-                                         seed=2).to_iter_dataset())
+                                         seed=2).to_iter_dataset(data.READ_OPTIONS))
   it = make()
   for _ in range(4):
     next(it)
@@ -126,7 +126,7 @@ def test_pipeline_errors(text_splits):
 def test_orbax_checkpoint_manager_round_trip(text_splits, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   make = lambda: iter(data.train_dataset(text_splits, seq_len=SEQ, global_batch_size=BATCH,
-                                         seed=5).to_iter_dataset())
+                                         seed=5).to_iter_dataset(data.READ_OPTIONS))
   it = make()
   for _ in range(3):
     next(it)

@@ -84,6 +84,13 @@ def test_jsonl_source(jsonl_file, tmp_path):
   assert int(np.sum(np.asarray(splits.train) == tok.eos_id)) == len(train)
 
 
+def test_jsonl_with_a_bom_and_bytes_that_are_not_utf8_reads_as_text_sources_do(tmp_path):
+  from sbitnet.data.sources import _jsonl_texts
+  path = tmp_path / "mixed.jsonl"
+  path.write_bytes(b'\xef\xbb\xbf{"text": "caf\xe9 ok"}\n{"text": "plain"}\n')
+  assert list(_jsonl_texts(str(path), "text")) == [(1, "caf\ufffd ok"), (2, "plain")]
+
+
 def test_jsonl_bad_records(tmp_path):
   path = tmp_path / "bad.jsonl"
   cfg = data.DataConfig(source="jsonl", path=str(path), cache_dir=str(tmp_path / "c"))
@@ -171,6 +178,16 @@ def test_prepare_then_tokens_round_trip(text_dir, text_splits, tmp_path):
   assert tokens.unigram_ppl_val == text_splits.unigram_ppl_val and tokens.vocab_size == 258
   with pytest.raises(FileExistsError, match="--overwrite"):
     prepare.prepare(cfg, out)
+  # A failed --overwrite leaves the prepared data as it was (it writes beside it, then renames).
+  (tmp_path / "one").mkdir()
+  (tmp_path / "one" / "a.txt").write_text("a single document " * 20)
+  with pytest.raises(ValueError, match="one document"):
+    prepare.prepare(data.DataConfig(source="text", path=str(tmp_path / "one")), out,
+                    overwrite=True)
+  assert sorted(os.listdir(out)) == sorted([shards.META, shards.TRAIN, shards.VAL])
+  assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]
+  np.testing.assert_array_equal(data.load_splits(data.DataConfig(source="tokens", path=out)).val,
+                                text_splits.val)
   with open(os.path.join(out, shards.TRAIN), "ab") as f:
     f.write(b"\0\0")
   with pytest.raises(ValueError, match="prepare the data again"):

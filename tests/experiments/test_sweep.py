@@ -2,9 +2,12 @@
 local scheduler (on stand-in commands) and the SLURM array script."""
 
 import os
+import pathlib
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -114,7 +117,8 @@ def _stand_in(workdir: str, steps: int, code: int = 0) -> list[str]:
   """A command that 'trains' like sbitnet.train: writes the final evaluation (unless it fails)
   and records the GPUs it was given."""
   script = (f"import json, os, sys; d = {workdir!r}; open(os.path.join(d, 'gpus'), 'w').write("
-            "os.environ.get('CUDA_VISIBLE_DEVICES', 'none')); "
+            "os.environ.get('CUDA_VISIBLE_DEVICES', 'none') or 'none:' + "
+            "os.environ.get('JAX_PLATFORMS', '')); "
             f"{code} or open(os.path.join(d, 'metrics.jsonl'), 'a').write(json.dumps("
             f"{{'step': {steps}, 'val_ppl': 3.0}}) + '\\n'); sys.exit({code})")
   return [sys.executable, "-c", script]
@@ -156,7 +160,7 @@ def test_local_backend_on_cpu_runs_one_at_a_time(tmp_path, monkeypatch):
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
   runs = _stand_in_runs(tmp_path, [0, 0])
   assert sweep.run_local(runs, [], gpus_per_run=1) == 0
-  assert [open(os.path.join(r.workdir, "gpus")).read() for r in runs] == ["none", "none"]
+  assert [open(os.path.join(r.workdir, "gpus")).read() for r in runs] == ["none:cpu"] * 2
 
 
 def test_local_gpus(monkeypatch):
@@ -180,7 +184,7 @@ def test_slurm_dry_run_prints_an_array_script_of_unfinished_runs(tmp_path):
   for line in ("#SBATCH --array=0-0", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
                "#SBATCH --gpus-per-node=4", "#SBATCH --requeue", "#SBATCH --open-mode=append",
                "#SBATCH --signal=B:USR1@300", "#SBATCH --partition=gpu", "#SBATCH --time=2:00:00",
-               f"#SBATCH --output={root}/slurm/%x-%A_%a.out", f"cd {ROOT}"):
+               f'#SBATCH --output="{root}/slurm/%x-%A_%a.out"', f"cd {ROOT}"):
     assert line in script.splitlines(), line
   assert runs[0].workdir not in script and not os.path.exists(os.path.join(root, "slurm"))
   assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -197,3 +201,41 @@ def test_slurm_dry_run_prints_an_array_script_of_unfinished_runs(tmp_path):
   args = (tmp_path / "srun_args").read_text().splitlines()
   expected = sweep.expand(TWO_RUNS, "cpu", root, {"train.steps": "5"})[1].command
   assert args == ["--kill-on-bad-exit=1", *expected]
+
+
+@pytest.mark.parametrize("script", ["sweep", "single_node", "multi_node"])
+def test_slurm_time_limit_signal_reaches_training_then_requeues(script, tmp_path):
+  """The batch shell (the sweep's array script, or a template in launch/slurm/) forwards SLURM's
+  USR1 to the training step (srun), waits for it to checkpoint and exit with 128 + SIGUSR1,
+  then requeues the job (srun and scontrol stubbed)."""
+  if script == "sweep":
+    out = run_module("launch.sweep", f"--experiment={TWO_RUNS}", "--scale=cpu",
+                     f"--root={tmp_path / 'root'}", "--backend=slurm", "--set=train.steps=5",
+                     "--dry-run")
+    assert out.returncode == 0, out.stderr
+    text, job = out.stdout, "77_0"
+  else:
+    text, job = (pathlib.Path(ROOT) / "launch" / "slurm" / f"{script}.sbatch").read_text(), "77"
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text(
+      f"#!{sys.executable}\nimport pathlib, signal, sys, time\n"
+      f"signal.signal(signal.SIGUSR1, lambda *_: sys.exit(138))\n"
+      f"pathlib.Path({str(tmp_path / 'started')!r}).touch()\ntime.sleep(60)\n")
+  (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/scontrol_args\n')
+  for stub in ("srun", "scontrol"):
+    (bin_dir / stub).chmod(0o755)
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "0",
+         "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_ID": "77", "SLURM_SUBMIT_DIR": str(tmp_path),
+         "SLURM_JOB_NODELIST": "node1"}
+  shell = subprocess.Popen(["bash", "-c", text], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  for _ in range(300):
+    if (tmp_path / "started").exists():
+      break
+    time.sleep(0.1)
+  shell.send_signal(signal.SIGUSR1)
+  stdout, stderr = shell.communicate(timeout=60)
+  assert shell.returncode == 138, stderr
+  assert "requeueing" in stdout
+  assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", job]

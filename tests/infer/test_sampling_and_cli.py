@@ -32,6 +32,18 @@ def test_sampling_is_seeded(generator, prompts):
   assert sample(0) != generator.generate(prompts, 8)
 
 
+@pytest.mark.parametrize("settings,message", [
+    (dict(temperature=-1.0), "temperature=-1.0 must be >= 0"),
+    (dict(temperature=1.0, top_k=-2), r"top_k=-2 must be in \[0, "),
+    (dict(temperature=1.0, top_k=10**6), "top_k=1000000 must be in"),
+    (dict(temperature=1.0, top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+    (dict(temperature=1.0, top_p=1.5), "top_p=1.5 must be in"),
+])
+def test_sampling_settings_out_of_range_are_refused(generator, prompts, settings, message):
+  with pytest.raises(ValueError, match=message):
+    generator.generate(prompts, 2, **settings)
+
+
 def test_top_k_keeps_the_k_most_likely(packed, generator, prompts):
   """With top_k=2 every sampled first token is one of the two largest logits."""
   logits, _ = jax.jit(prefill, static_argnums=3)(packed, jnp.asarray([prompts[0]]),

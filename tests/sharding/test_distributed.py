@@ -19,6 +19,11 @@ def test_one_process_without_launcher_variables():
 def test_slurm_one_process_per_gpu():
   env = {**SLURM, "SLURM_NTASKS": "8", "SLURM_STEP_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4"}
   assert allocation_from_env(env) == Allocation("slurm", 8, 3, devices_per_process=1)
+  with pytest.raises(DistributedError, match="4 tasks on 2 nodes with 8 GPUs each.*"
+                                             "--ntasks-per-node=8"):
+    allocation_from_env({**env, "SLURM_NTASKS": "4", "SLURM_GPUS_ON_NODE": "8"})
+  with pytest.raises(DistributedError, match="SLURM_STEP_NUM_NODES is not set"):
+    allocation_from_env({k: v for k, v in env.items() if k != "SLURM_STEP_NUM_NODES"})
 
 
 def test_slurm_one_process_per_node_owns_all_its_gpus():
@@ -39,6 +44,8 @@ def test_plain_environment_variables():
     allocation_from_env({"SBITNET_NUM_PROCESSES": "2", "SBITNET_PROCESS_ID": "0"})
   with pytest.raises(DistributedError, match="SBITNET_PROCESS_ID='one'"):
     allocation_from_env({**env, "SBITNET_PROCESS_ID": "one"})
+  with pytest.raises(DistributedError, match="SBITNET_LOCAL_DEVICE_IDS='0;1' is not"):
+    allocation_from_env({**env, "SBITNET_LOCAL_DEVICE_IDS": "0;1"})
 
 
 def test_device_count_must_match_the_allocation():

@@ -55,3 +55,27 @@ def test_one_failing_process_fails_the_launch_and_stops_the_rest(capfd):
   out = capfd.readouterr().out
   assert "[0] rank 0 2" in out and "[1] rank 1 2" in out
   assert "[0] rank 0 finished" not in out  # rank 0 was stopped, not waited for
+
+
+def test_a_stop_signal_to_the_launcher_reaches_every_process():
+  """SIGTERM to `launch.local` (a preempted job) is passed to each process, which can then
+  checkpoint and exit itself; the launcher exits with their code."""
+  import signal
+  import time
+  script = ("import os, signal, sys, time; rank = os.environ['SBITNET_PROCESS_ID']; "
+            "signal.signal(signal.SIGTERM, lambda *_: (print('rank', rank, 'stopping', "
+            "flush=True), sys.exit(143))); print('rank', rank, 'ready', flush=True); "
+            "time.sleep(120)")
+  proc = subprocess.Popen([sys.executable, "-m", "launch.local", "--num_processes=2", "--",
+                           sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                          text=True)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if sum("ready" in l for l in seen) == 2:
+      break
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out = "".join(seen) + proc.communicate(timeout=60)[0]
+  assert proc.returncode == 143
+  assert "[0] rank 0 stopping" in out and "[1] rank 1 stopping" in out

@@ -93,6 +93,8 @@ def test_a_bad_experiment_file_or_argument_is_one_config_error():
     (["--config.quant.weights=int2"], "quant.weights='int2' is not valid"),
     (["--config.data.seq_len=4096"], "exceeds model.max_positions"),
     (["--config.train.batch_size=6", "--config.train.grad_accum=4"], "not divisible"),
+    (["--config.train.eval_batches=0"], "train.eval_batches=0 must be >= 1"),
+    (["--config.train.batch_size=4096"], "lower train.batch_size (evaluation batches have its size)"),
 ])
 def test_bad_input_is_one_clear_error(flags, message, tmp_path):
   workdir = tmp_path / "run"
@@ -127,7 +129,8 @@ def test_corrupt_checkpoint_is_one_clear_error_and_workdir_untouched(default_run
   data_file = sorted((workdir / "checkpoints" / "4" / "params" / "d").iterdir())[0]
   data_file.write_bytes(b"not a checkpoint")
   before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
-  for module, flags in (("sbitnet.train", cli_flags(cache, **{"train.steps": 8})),
+  for module, flags in (("sbitnet.train", [*cli_flags(cache, **{"train.steps": 8}),
+                                           "--force_resume"]),
                         ("sbitnet.eval", [])):
     result = run_cli(module, f"--workdir={workdir}", *flags)
     assert result.returncode != 0

@@ -45,3 +45,21 @@ def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Stopped at step {saved + 2} of" in resumed.stdout
   assert logged_steps(workdir)[-2:] == [saved + 1, saved + 2]
+
+
+def test_a_process_without_the_signal_takes_on_the_one_another_process_got(monkeypatch):
+  """Several processes agree to stop when any got a signal; one that got none exits as the one
+  that did (SIGTERM, 143), rather than failing to name its signal."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  from sbitnet.train import preemption
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda local: np.asarray([local, signal.SIGTERM.value], np.int32))
+  stop = preemption.StopRequest()
+  assert stop.agreed() and stop.name == "SIGTERM"
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda local: np.asarray([local, 0], np.int32))
+  assert not preemption.StopRequest().agreed()

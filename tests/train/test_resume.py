@@ -30,9 +30,12 @@ def test_resume_is_bit_exact(tmp_path):
   assert len(straight) == len(resumed) == 8
   assert straight == resumed
 
-  # A resume may train longer, but not another experiment on the same checkpoint.
+  # A resume may change how often it logs, but not the experiment (steps included: the LR
+  # schedule and the dense-to-sparse switch are fractions of it).
   workdir = str(tmp_path / "resumed")
-  prepare(replace(cfg, "train", steps=12, log_every=2), workdir)
+  prepare(replace(cfg, "train", log_every=2), workdir)
+  with pytest.raises(ConfigError, match=r"train.steps: 8 -> 12"):
+    prepare(replace(cfg, "train", steps=12), workdir)
   other = replace(replace(cfg, "sparsity", n=2, m=4), "quant", weights="none")
   with pytest.raises(ConfigError, match=r"another config.*quant.weights: 'ternary' -> 'none'; "
                                         r"sparsity.m: 8 -> 4; sparsity.n: 6 -> 2\..*--force_resume"):
