@@ -36,6 +36,7 @@ from absl import app, flags
 from experiments.runs import STATUSES, run_status, workdir_name
 from sbitnet.config import (Config, ConfigError, check_override_paths, field_paths,
                             resolved_model, validate)
+from sbitnet.sharding import mesh_shape
 
 POLL_SECONDS = 1.0
 REQUEUE_SECONDS = 300  # SIGUSR1 this long before the time limit: checkpoint, then requeue
@@ -229,6 +230,26 @@ def run_local(runs: list[SweepRun], gpus: list[str], gpus_per_run: int,
   return failed
 
 
+def check_slurm_layout(run: SweepRun, nodes: int, gpus_per_node: int) -> None:
+  """Raises ConfigError where a run cannot start as the array script runs it (one process per
+  GPU): its mesh must cover the run's GPUs, with no tensor axis (a tensor-parallel group stays
+  inside one process), and its batch must split over the data x fsdp shards."""
+  mesh, train = run.cfg.mesh, run.cfg.train
+  try:
+    data, fsdp, tensor = mesh_shape(mesh.data, mesh.fsdp, mesh.tensor, nodes * gpus_per_node)
+  except ValueError as e:
+    raise ConfigError(f"{run.cfg.name}: {e}") from None
+  if tensor > 1:
+    raise ConfigError(f"{run.cfg.name}: mesh.tensor={tensor}, but the array script runs one "
+                      "process per GPU and a tensor-parallel group must stay inside one process; "
+                      "use mesh.tensor=1 here (or launch/slurm/multi_node.sbatch with "
+                      "--ntasks-per-node=1).")
+  if (train.batch_size // train.grad_accum) % (data * fsdp):
+    raise ConfigError(f"{run.cfg.name}: train.batch_size={train.batch_size} / train.grad_accum="
+                      f"{train.grad_accum} does not split over the {data * fsdp} data x fsdp "
+                      f"shards of {nodes} x {gpus_per_node} GPUs.")
+
+
 def sbatch_script(runs: list[SweepRun], name: str, root: str, nodes: int, gpus_per_node: int,
                   options: list[str]) -> str:
   """An sbatch array job, task i training runs[i] on `nodes` x `gpus_per_node` GPUs (one process
@@ -302,6 +323,8 @@ def main(argv: list[str]) -> None:
     if not todo:
       print("Every run is done; nothing to submit.")
       return
+    for run in todo:
+      check_slurm_layout(run, _NODES.value, _GPUS_PER_RUN.value)
     name = os.path.splitext(os.path.basename(experiment))[0]
     script = sbatch_script(todo, name, root, _NODES.value, _GPUS_PER_RUN.value, _SBATCH.value)
     if _DRY_RUN.value:

@@ -28,24 +28,31 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: list | None = None) -> Mesh:
-  """A `(data, fsdp, tensor)` mesh; one size may be -1 to take the remaining devices."""
-  devices = jax.devices() if devices is None else devices
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+  """The `(data, fsdp, tensor)` sizes on `num_devices` devices, a -1 filled in; ValueError naming
+  the sizes when they cannot cover exactly that many."""
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): each size must be >= 1, "
                      "and at most one may be -1 (fill).")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if len(devices) % known:
+    if num_devices % known:
       raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}) cannot fill "
-                       f"{len(devices)} devices: {len(devices)} is not divisible by {known}.")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
+                       f"{num_devices} devices: {num_devices} is not divisible by {known}.")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
     raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has "
-                     f"{math.prod(sizes)} devices but {len(devices)} are available; make the product "
+                     f"{math.prod(sizes)} devices but {num_devices} are available; make the product "
                      "equal the device count (use -1 for one axis to fill).")
+  return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: list | None = None) -> Mesh:
+  """A `(data, fsdp, tensor)` mesh; one size may be -1 to take the remaining devices."""
+  devices = jax.devices() if devices is None else devices
+  sizes = mesh_shape(data, fsdp, tensor, len(devices))
   if jax.process_count() > 1 and jax.local_device_count() % sizes[2]:
     raise ValueError(f"mesh.tensor={sizes[2]} must divide the {jax.local_device_count()} devices "
                      "of each process: a tensor-parallel group must stay inside one host, whose "

@@ -203,6 +203,18 @@ def test_slurm_dry_run_prints_an_array_script_of_unfinished_runs(tmp_path):
   assert args == ["--kill-on-bad-exit=1", *expected]
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["--set=mesh.tensor=2"], "mesh.tensor=2, but the array script runs one process per GPU"),
+    (["--set=train.batch_size=12"], "does not split over the 8 data x fsdp shards of 2 x 4 GPUs"),
+    (["--set=mesh.fsdp=3"], "cannot fill 8 devices"),
+])
+def test_slurm_refuses_runs_that_could_not_start(overrides, message, tmp_path):
+  out = run_module("launch.sweep", f"--experiment={TWO_RUNS}", "--scale=cpu",
+                   f"--root={tmp_path / 'root'}", "--backend=slurm", "--nodes=2",
+                   "--gpus_per_run=4", "--set=train.steps=5", *overrides, "--dry-run")
+  assert out.returncode != 0 and message in out.stderr and "#SBATCH" not in out.stdout
+
+
 @pytest.mark.parametrize("script", ["sweep", "single_node", "multi_node"])
 def test_slurm_time_limit_signal_reaches_training_then_requeues(script, tmp_path):
   """The batch shell (the sweep's array script, or a template in launch/slurm/) forwards SLURM's
