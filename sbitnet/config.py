@@ -215,6 +215,20 @@ def result_changes(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
           if k not in NON_RESULT_FIELDS | RESUMABLE_CHANGES and old.get(k) != v}
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+  """`cfg` with its file paths (data.path except the stdlib's subset pattern, a tokenizer file,
+  data.cache_dir, train.init_from) made absolute, so that the run's config.json means the same
+  files from any working directory (eval, sample, export, a resume)."""
+  absolute = lambda p: os.path.abspath(os.path.expanduser(p)) if p else p
+  data = dataclasses.replace(
+      cfg.data, path=cfg.data.path if cfg.data.source == "stdlib" else absolute(cfg.data.path),
+      tokenizer=cfg.data.tokenizer if cfg.data.tokenizer == "byte" else absolute(
+          cfg.data.tokenizer),
+      cache_dir=absolute(cfg.data.cache_dir))
+  train = dataclasses.replace(cfg.train, init_from=absolute(cfg.train.init_from))
+  return dataclasses.replace(cfg, data=data, train=train)
+
+
 def run_name(cfg: Config) -> str:
   """`cfg.name`, or when it is empty one from the preset and the arm, e.g.
   `tiny-sparse-bitnet-6of8`, `tiny-dense-bf16`."""

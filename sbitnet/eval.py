@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
       max_batches=batches or None, process_index=jax.process_index(),
       process_count=jax.process_count())]
   graphdef, params = nnx.split(loaded.model, nnx.Param)
-  result = evaluate(jax.jit(make_eval_step(graphdef, tr.loss_chunk)), params, val)
+  result = evaluate(jax.jit(make_eval_step(graphdef, tr.loss_chunk, tr.grad_accum)), params, val)
   print(f"step {loaded.step}: val_loss {result['val_loss']:.4f}  val_ppl {result['val_ppl']:.3f}  "
         f"({len(val)} batches x {tr.batch_size} x {loaded.cfg.data.seq_len} tokens; unigram "
         f"baseline {splits.unigram_ppl_val:.2f})")

@@ -17,7 +17,8 @@ from flax import nnx
 from sbitnet import data as data_lib
 from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta
 from sbitnet.config import (Config, ConfigError, ModelConfig, from_dict, read_config_json,
-                            resolved_model, result_changes, to_json, validate)
+                            resolved_model, result_changes, to_json, validate,
+                            with_absolute_paths)
 from sbitnet.metrics import MetricsWriter, peak_flops
 from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
 from sbitnet.sharding import batch_sharding, check_nm_shards, make_mesh, with_mesh
@@ -53,6 +54,7 @@ def prepare(cfg: Config, workdir: str, force_resume: bool = False) -> Run:
   Raises ConfigError / ValueError / FileNotFoundError / CheckpointMismatch with one-paragraph
   messages naming the bad value.
   """
+  cfg = with_absolute_paths(cfg)
   validate(cfg, resolved_model(cfg.model, 0))
   if cfg.train.warmup_steps >= cfg.train.steps:
     logging.warning("train.warmup_steps=%d >= train.steps=%d: the learning rate never reaches "
@@ -166,7 +168,7 @@ def train_run(run: Run, stop_at: int | None = None) -> dict[str, Any]:
                              out_shardings=(shardings, None), donate_argnums=0), run.mesh)
 
   sparse_step, dense_step = jit_step(graphdef), (jit_step(dense_graphdef) if switch_step else None)
-  eval_step = with_mesh(jax.jit(make_eval_step(graphdef, tr.loss_chunk)), run.mesh)
+  eval_step = with_mesh(jax.jit(make_eval_step(graphdef, tr.loss_chunk, tr.grad_accum)), run.mesh)
   stats_step = jax.jit(make_stats_step(graphdef))
   dense_stats_step = jax.jit(make_stats_step(dense_graphdef)) if switch_step else None
   mask_sizes = {name: layer.kernel.size for name, layer in

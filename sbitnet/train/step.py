@@ -25,6 +25,13 @@ def batch_loss(graphdef: nnx.GraphDef, params, batch: Batch, chunk: int
   return chunked_cross_entropy(hidden, model.head_weight(), batch["targets"], chunk)
 
 
+def micro_batches(batch: Batch, count: int) -> Batch:
+  """`[B, ...]` leaves -> `[count, B / count, ...]`: micro-batch i holds rows i, i + count, ...
+  (strided, so each device keeps its own rows of a batch-sharded array)."""
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1), batch)
+
+
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, grad_accum: int, chunk: int
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
@@ -37,9 +44,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     return total / count
 
   def train_step(state: TrainState, batch: Batch):
-    micro = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]), 0, 1),
-        batch)
+    micro = micro_batches(batch, grad_accum)
 
     def accumulate(carry, mb):
       loss, grads = jax.value_and_grad(mean_loss)(state.params, mb)
@@ -56,9 +61,19 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, chunk: int) -> Callable:
-  """`eval_step(params, batch) -> (summed loss, token count)`."""
-  return lambda params, batch: batch_loss(graphdef, params, batch, chunk)
+def make_eval_step(graphdef: nnx.GraphDef, chunk: int, grad_accum: int = 1) -> Callable:
+  """`eval_step(params, batch) -> (summed loss, token count)`, over `grad_accum` micro-batches
+  as the train step splits its batch (so evaluation fits where training does)."""
+
+  def eval_step(params, batch: Batch):
+    def add(carry, mb):  # params ride in the carry: nnx.merge wants them at the body's trace level
+      p, sums = carry
+      return (p, jax.tree.map(jnp.add, sums, batch_loss(graphdef, p, mb, chunk))), None
+
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    return jax.lax.scan(add, (params, zeros), micro_batches(batch, grad_accum))[0][1]
+
+  return eval_step
 
 
 def evaluate(eval_step: Callable, params, batches: list[Batch]) -> dict[str, float]:

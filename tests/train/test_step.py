@@ -10,7 +10,7 @@ from sbitnet.sharding import make_mesh
 from sbitnet.train import schedules
 from sbitnet.train.optimizer import make_optimizer
 from sbitnet.train.state import create_train_state
-from sbitnet.train.step import make_train_step
+from sbitnet.train.step import make_eval_step, make_train_step
 from tests.train.helpers import tiny_config
 
 
@@ -34,3 +34,8 @@ def test_grad_accumulation_matches_one_batch(tmp_path):
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-4)
   for a, b in zip(jax.tree.leaves(accum_state.params), jax.tree.leaves(ref_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Evaluation splits its batch the same way (so it fits where training does): same sums.
+  whole = jax.jit(make_eval_step(graphdef, cfg.train.loss_chunk))(state.params, batch)
+  split = jax.jit(make_eval_step(graphdef, cfg.train.loss_chunk, 4))(state.params, batch)
+  np.testing.assert_allclose(split[0], whole[0], rtol=1e-5)
+  assert float(split[1]) == float(whole[1]) == 8 * 32
