@@ -22,7 +22,6 @@ checkpoints. Resubmit only after the previous job has ended: two jobs must not t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import shlex
 import shutil
@@ -35,7 +34,7 @@ from absl import app, flags
 
 from experiments.runs import STATUSES, run_status, workdir_name
 from sbitnet.config import (Config, ConfigError, check_override_paths, field_paths,
-                            resolved_model, validate)
+                            load_python_file, resolved_model, validate)
 from sbitnet.sharding import mesh_shape
 
 POLL_SECONDS = 1.0
@@ -78,9 +77,7 @@ def load_experiment(path: str) -> ModuleType:
   if not os.path.isfile(path):
     raise ValueError(f"--experiment={path!r} is not a file; give an experiment file such as "
                      "experiments/nm_sweep.py.")
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_python_file(path)
   missing = [f for f in ("get_config", "sweep") if not callable(getattr(module, f, None))]
   if missing:
     raise ValueError(f"--experiment={path!r} defines no {' and no '.join(missing)}(); an "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging as logging_std
 import os
 import sys
@@ -10,7 +9,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from sbitnet.checkpoint import CheckpointMismatch
-from sbitnet.config import ConfigError, check_override_paths
+from sbitnet.config import ConfigError, check_override_paths, load_python_file
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 USER_ERRORS = (ConfigError, CheckpointMismatch, ValueError, FileNotFoundError, ImportError)
@@ -42,11 +41,8 @@ def check_config_file(argv: list[str], flag: str = "config") -> None:
   if not os.path.isfile(path):
     raise ConfigError(f"--{flag}={spec}: no file {path!r}; pass an experiment file such as "
                       "experiments/four_arms.py[:arg].")
-  module_spec = importlib.util.spec_from_file_location("_sbitnet_experiment", path)
-  module = importlib.util.module_from_spec(module_spec)
   try:
-    module_spec.loader.exec_module(module)
-    module.get_config(arg or None)
+    load_python_file(path).get_config(arg or None)
   except (ValueError, KeyError, AttributeError) as e:
     raise ConfigError(f"--{flag}={spec}: {e}") from e
 

@@ -3,8 +3,10 @@
 
 
 import dataclasses
+import importlib.util
 import json
 import os
+from types import ModuleType
 from typing import Any
 
 from sbitnet import __version__
@@ -213,6 +215,14 @@ def result_changes(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
   old, new = field_paths(saved), field_paths(cfg)
   return {k: (old.get(k), v) for k, v in new.items()
           if k not in NON_RESULT_FIELDS | RESUMABLE_CHANGES and old.get(k) != v}
+
+
+def load_python_file(path: str) -> ModuleType:
+  """The module defined by the Python file at `path` (an experiment file), executed once."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def with_absolute_paths(cfg: Config) -> Config:

@@ -68,6 +68,17 @@ def train_dataset(splits: Splits, *, seq_len: int, global_batch_size: int, seed:
                              (process_index + 1) * local)))
 
 
+def validation_batch_count(splits: Splits, *, seq_len: int, batch_size: int) -> int:
+  """How many whole batches of `batch_size` windows `splits.val` holds; ValueError when none."""
+  count = num_windows(splits.val, seq_len) // batch_size
+  if count < 1:
+    raise ValueError(f"The validation stream has {len(splits.val)} tokens, fewer than one batch "
+                     f"of {batch_size} sequences of seq_len + 1 = {seq_len + 1}; lower "
+                     f"train.batch_size (evaluation batches have its size) or data.seq_len, or "
+                     f"raise data.val_fraction.")
+  return count
+
+
 def eval_batches(splits: Splits, *, seq_len: int, batch_size: int, max_batches: int | None,
                  process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
   """Validation batches: consecutive windows of `splits.val` in order, no shuffling.
@@ -79,12 +90,7 @@ def eval_batches(splits: Splits, *, seq_len: int, batch_size: int, max_batches: 
     list of {"inputs": int32 [batch_size // process_count, seq_len], "targets": same}.
   """
   _check_hosts(batch_size, process_index, process_count)
-  count = num_windows(splits.val, seq_len) // batch_size
-  if count < 1:
-    raise ValueError(f"The validation stream has {len(splits.val)} tokens, fewer than one batch "
-                     f"of {batch_size} sequences of seq_len + 1 = {seq_len + 1}; lower "
-                     f"train.batch_size (evaluation batches have its size) or data.seq_len, or "
-                     f"raise data.val_fraction.")
+  count = validation_batch_count(splits, seq_len=seq_len, batch_size=batch_size)
   if max_batches is not None:
     count = min(count, max_batches)
   local = batch_size // process_count

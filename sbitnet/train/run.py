@@ -16,11 +16,11 @@ from flax import nnx
 
 from sbitnet import data as data_lib
 from sbitnet.checkpoint import Checkpointer, checkpoint_dir, model_meta
-from sbitnet.config import (Config, ConfigError, ModelConfig, from_dict, read_config_json,
-                            resolved_model, result_changes, to_json, validate,
-                            with_absolute_paths)
+from sbitnet.config import (Config, ConfigError, ModelConfig, resolved_model, result_changes,
+                            to_json, validate, with_absolute_paths)
 from sbitnet.metrics import MetricsWriter, peak_flops
 from sbitnet.models import DecoderLM, parameter_counts, train_flops_per_token
+from sbitnet.restore import read_config
 from sbitnet.sharding import batch_sharding, check_nm_shards, make_mesh, with_mesh
 from sbitnet.train import schedules
 from sbitnet.train.optimizer import make_optimizer
@@ -74,8 +74,8 @@ def prepare(cfg: Config, workdir: str, force_resume: bool = False) -> Run:
   check_nm_shards(nnx.eval_shape(
       lambda: DecoderLM(cfg, shapes, rngs=nnx.Rngs(0))).sparse_layers(), mesh)
   splits = data_lib.load_splits(cfg.data)
-  data_lib.eval_batches(splits, seq_len=cfg.data.seq_len, batch_size=cfg.train.batch_size,
-                        max_batches=1)  # a validation split too small for one batch: an error now
+  data_lib.validation_batch_count(splits, seq_len=cfg.data.seq_len,
+                                  batch_size=cfg.train.batch_size)
   model_cfg = resolved_model(cfg.model, splits.vocab_size)
   validate(cfg, model_cfg)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -104,7 +104,7 @@ def check_resume(cfg: Config, workdir: str, force: bool) -> None:
   `config.json`), naming each; with `force` only logs them. A run without a readable
   `config.json` (older schema) is not checked."""
   try:
-    saved, _ = from_dict(read_config_json(workdir, "the run's resolved config"))
+    saved, _ = read_config(workdir)
   except (FileNotFoundError, TypeError, KeyError, ValueError):
     return
   changes = result_changes(saved, cfg)
